@@ -142,3 +142,14 @@ def _apply_file(cfg: Config, path: Path) -> None:
         cfg.registries.append(RegistryConfig(
             prefix=reg["prefix"], location=reg.get("location"), insecure=bool(reg.get("insecure", False)),
             ca_file=reg.get("ca_file"), mirrors=mirrors))
+
+
+def parse_duration(value: str) -> float:
+    """Parse ``30m``, ``24h``, ``1h30m``, ``90s``, ``0`` or a bare number of seconds."""
+    if re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", value.strip())
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        raise UsageError(f"invalid duration {value!r} (expected e.g. 30s, 10m, 24h, 1h30m)")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(n) * scale[u] for n, u in parts)
