@@ -63,13 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = image.add_parser("extract", help="write an image as an OCI layout directory")
     p.add_argument("image")
-    p.add_argument("dir")
+    p.add_argument("target", metavar="DIR")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(handler=cmd_extract)
 
     p = image.add_parser("render", help="write an image's flattened rootfs into a directory")
     p.add_argument("image")
-    p.add_argument("dir")
+    p.add_argument("target", metavar="DIR")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(handler=cmd_render)
 
@@ -194,14 +194,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    out = Path(args.dir)
+    out = Path(args.target)
     _check_target(out, args.overwrite, True)
     _store(args).export(args.image, out, "oci")
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    out = Path(args.dir)
+    out = Path(args.target)
     _check_target(out, args.overwrite, True)
     _store(args).render(args.image, out)
     return 0
