@@ -37,7 +37,7 @@ unit: python-deps
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 demo: deps
-	$(PY) examples/demo.py
+	bash examples/demo.sh
 
 bench: deps
 	$(PY) bench/run.py
