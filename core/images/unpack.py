@@ -102,7 +102,8 @@ def apply_layer(blob: BinaryIO, target: str, limits: Limits, diff_id: str | None
     reader = _Reader(stream, limits.max_layer_unpacked)
     ex = _Extractor(os.path.realpath(target), limits)
     try:
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=_CHUNK) as tf:
+        # A small record buffer: tarfile's stream copies its whole buffer on every read.
+        with tarfile.open(fileobj=io.BufferedReader(reader, _CHUNK), mode="r|", bufsize=16384) as tf:
             for member in tf:
                 ex.entries += 1
                 if ex.entries > limits.max_layer_entries:
@@ -245,23 +246,29 @@ class _Extractor:
                 pass
             self._meta(path, m, is_dir=True)
             return
-        self._clear(path, keep_dir=False)
         if m.isreg():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
-                src = tf.extractfile(m)
-                if src is not None:
-                    remaining = m.size
-                    while remaining > 0:
-                        chunk = src.read(min(_CHUNK, remaining))
-                        if not chunk:
-                            raise ImageError(f"truncated layer: {m.name!r} is cut short")
-                        _write_all(fd, chunk)
-                        remaining -= len(chunk)
+                fd = os.open(path, flags, 0o600)
+            except FileExistsError:  # an earlier entry of this layer: replace it
+                self._clear(path, keep_dir=False)
+                fd = os.open(path, flags, 0o600)
+            try:
+                # Plain members are read straight from the stream; sparse ones need tarfile's map.
+                src = tf.fileobj if not m.issparse() else tf.extractfile(m)
+                remaining = m.size
+                while remaining > 0:
+                    chunk = src.read(min(_CHUNK, remaining))  # type: ignore[union-attr]
+                    if not chunk:
+                        raise ImageError(f"truncated layer: {m.name!r} is cut short")
+                    _write_all(fd, chunk)
+                    remaining -= len(chunk)
                 self._meta_fd(fd, m)
             finally:
                 os.close(fd)
-        elif m.issym():
+            return
+        self._clear(path, keep_dir=False)
+        if m.issym():
             os.symlink(m.linkname, path)
             self._meta(path, m, is_link=True)
         elif m.islnk():
@@ -315,7 +322,7 @@ class _Extractor:
                     raise
 
     def _meta_fd(self, fd: int, m: tarfile.TarInfo) -> None:
-        if self.is_root:
+        if self.is_root and (m.uid or m.gid):  # created by root: already 0:0
             os.fchown(fd, m.uid, m.gid)
         os.fchmod(fd, m.mode & 0o7777)  # after chown: chown clears setuid bits
         if m.pax_headers:
