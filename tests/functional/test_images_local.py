@@ -18,11 +18,6 @@ from support.cli import Pypod
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="layers with whiteouts unpack only as root")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> ti.TestImages:
-    return ti.build_all(tmp_path_factory.mktemp("images"))
-
-
 @pytest.fixture
 def pypod(tmp_path: Path) -> Pypod:
     return Pypod(tmp_path / "data")
@@ -41,8 +36,8 @@ def render(p: Pypod, name: str, dest: Path) -> Path:
     return dest
 
 
-def test_import_oci_layout_keeps_layers_and_applies_whiteouts(pypod: Pypod, built, tmp_path: Path) -> None:
-    img = built.layered
+def test_import_oci_layout_keeps_layers_and_applies_whiteouts(pypod: Pypod, test_images, tmp_path: Path) -> None:
+    img = test_images.layered
     image_id = pypod("fetch", f"oci:{img.oci_ref}").out.strip()
     assert image_id == img.config_digest
     rec = pypod("image", "inspect", image_id).json()
@@ -59,17 +54,17 @@ def test_import_oci_layout_keeps_layers_and_applies_whiteouts(pypod: Pypod, buil
 
 
 @pytest.mark.parametrize("name", ["layered_zstd", "layered_none", "busybox_docker"])
-def test_compressions_and_docker_media_types(pypod: Pypod, built, name: str, tmp_path: Path) -> None:
-    img = built[name]
+def test_compressions_and_docker_media_types(pypod: Pypod, test_images, name: str, tmp_path: Path) -> None:
+    img = test_images[name]
     assert pypod("fetch", f"oci:{img.oci_ref}").out.strip() == img.config_digest
     root = render(pypod, img.config_digest, tmp_path / "r")
     assert (root / "bin/busybox").is_file()
 
 
-def test_archives_and_rootfs_import(pypod: Pypod, built) -> None:
-    a = built.archives
-    assert pypod("fetch", f"oci-archive:{a['layered_oci']}").out.strip() == built.layered.config_digest
-    assert pypod("fetch", f"docker-archive:{a['busybox_docker']}").out.strip() == built.busybox.config_digest
+def test_archives_and_rootfs_import(pypod: Pypod, test_images) -> None:
+    a = test_images.archives
+    assert pypod("fetch", f"oci-archive:{a['layered_oci']}").out.strip() == test_images.layered.config_digest
+    assert pypod("fetch", f"docker-archive:{a['busybox_docker']}").out.strip() == test_images.busybox.config_digest
     pypod("image", "import", str(a["rootfs"]), "--name", "plainfs")
     pypod("image", "import", str(a["rootfs_gz"]), "--name", "gzfs")
     names = {n for i in pypod("image", "list", "--format", "json").json() for n in i["names"]}
@@ -81,15 +76,15 @@ def test_archives_and_rootfs_import(pypod: Pypod, built) -> None:
     assert gz["layers"][0]["media_type"].endswith("+gzip")
 
 
-def test_shared_layers_are_stored_and_unpacked_once(pypod: Pypod, built) -> None:
-    pypod("fetch", f"oci:{built.busybox.oci_ref}")
-    pypod("fetch", f"oci:{built.layered.oci_ref}")
-    assert built.busybox.diff_ids[0] == built.layered.diff_ids[0]
-    assert snapshot_ids(pypod) == set(built.layered.diff_ids)
+def test_shared_layers_are_stored_and_unpacked_once(pypod: Pypod, test_images) -> None:
+    pypod("fetch", f"oci:{test_images.busybox.oci_ref}")
+    pypod("fetch", f"oci:{test_images.layered.oci_ref}")
+    assert test_images.busybox.diff_ids[0] == test_images.layered.diff_ids[0]
+    assert snapshot_ids(pypod) == set(test_images.layered.diff_ids)
 
 
-def test_platform_selection(pypod: Pypod, built, tmp_path: Path) -> None:
-    ref = f"oci:{built.multiarch.oci_ref}"
+def test_platform_selection(pypod: Pypod, test_images, tmp_path: Path) -> None:
+    ref = f"oci:{test_images.multiarch.oci_ref}"
     arm = pypod("fetch", "--platform", "linux/arm64", ref).out.strip()
     assert (render(pypod, arm, tmp_path / "arm") / "etc/arch").read_text().strip() == "arm64"
     amd = pypod("fetch", "--platform", "linux/amd64", ref).out.strip()
@@ -98,18 +93,18 @@ def test_platform_selection(pypod: Pypod, built, tmp_path: Path) -> None:
     assert r.rc != 0 and "linux/s390x" in r.err and "linux/arm64" in r.err and r.err.count("\n") == 1
 
 
-def test_tag_rm_and_gc(pypod: Pypod, built) -> None:
-    bb = built.busybox
+def test_tag_rm_and_gc(pypod: Pypod, test_images) -> None:
+    bb = test_images.busybox
     image_id = pypod("fetch", f"oci:{bb.oci_ref}").out.strip()
     pypod("image", "tag", image_id, "example.com/team/tool:v1")
     assert set(pypod("image", "inspect", "example.com/team/tool:v1").json()["names"]) == {
         "localhost/busybox:latest", "example.com/team/tool:v1"}
     assert "untagged" in pypod("image", "rm", "example.com/team/tool:v1").out
     assert pypod("image", "inspect", image_id).json()["names"] == ["localhost/busybox:latest"]
-    pypod("fetch", f"oci:{built.layered.oci_ref}")
+    pypod("fetch", f"oci:{test_images.layered.oci_ref}")
     pypod("image", "rm", "busybox")  # the last name: the image goes, shared layers stay
     assert bb.config_digest not in blobs(pypod)
-    assert snapshot_ids(pypod) == set(built.layered.diff_ids)
+    assert snapshot_ids(pypod) == set(test_images.layered.diff_ids)
     r = pypod("image", "rm", "busybox", check=False)
     assert r.rc == 254 and "not found" in r.err
     pypod("image", "gc", "--grace-period", "0s")
@@ -117,24 +112,24 @@ def test_tag_rm_and_gc(pypod: Pypod, built) -> None:
     assert blobs(pypod) == set() and snapshot_ids(pypod) == set()
 
 
-def test_image_held_by_a_pod_needs_force(pypod: Pypod, built) -> None:
+def test_image_held_by_a_pod_needs_force(pypod: Pypod, test_images) -> None:
     from pypod.config import load
     from pypod.images import ImageStore
 
-    pypod("fetch", f"oci:{built.busybox.oci_ref}")
+    pypod("fetch", f"oci:{test_images.busybox.oci_ref}")
     store = ImageStore(load(pypod.data_dir, pypod.config_dir))
     store.hold("pod-1234", store.resolve("busybox"))
     r = pypod("image", "rm", "busybox", check=False)
     assert r.rc != 0 and "pod-1234" in r.err
     pypod("image", "rm", "--force", "busybox")
-    assert snapshot_ids(pypod) == set(built.busybox.diff_ids)  # the pod still needs its layers
+    assert snapshot_ids(pypod) == set(test_images.busybox.diff_ids)  # the pod still needs its layers
     store.release("pod-1234")
     pypod("image", "gc")
     assert snapshot_ids(pypod) == set()
 
 
-def test_export_and_reimport_round_trip(pypod: Pypod, built, tmp_path: Path) -> None:
-    image_id = pypod("fetch", f"oci:{built.layered.oci_ref}").out.strip()
+def test_export_and_reimport_round_trip(pypod: Pypod, test_images, tmp_path: Path) -> None:
+    image_id = pypod("fetch", f"oci:{test_images.layered.oci_ref}").out.strip()
     oci_tar, docker_tar, layout = tmp_path / "x-oci.tar", tmp_path / "x-docker.tar", tmp_path / "layout"
     pypod("image", "export", "layered", str(oci_tar))
     pypod("image", "export", "--format", "docker-archive", "layered", str(docker_tar))
@@ -146,7 +141,7 @@ def test_export_and_reimport_round_trip(pypod: Pypod, built, tmp_path: Path) -> 
         other = Pypod(tmp_path / f"other-{len(spec)}")
         assert other("fetch", spec).out.strip() == image_id
     cat = json.loads(pypod("image", "cat-manifest", "layered").out)
-    assert [la["digest"] for la in cat["layers"]] == built.layered.layer_digests
+    assert [la["digest"] for la in cat["layers"]] == test_images.layered.layer_digests
 
 
 @pytest.mark.parametrize("builder,message", [
@@ -183,15 +178,15 @@ def test_wrong_flags_and_missing_things(pypod: Pypod, tmp_path: Path) -> None:
     assert r.rc == 2 and "invalid image reference" in r.err
 
 
-def test_concurrent_imports_sharing_layers(tmp_path: Path, built) -> None:
+def test_concurrent_imports_sharing_layers(tmp_path: Path, test_images) -> None:
     p = Pypod(tmp_path / "data")
     cmds = [[sys.executable, "-m", "pypod.cli", "--dir", str(p.data_dir), "--config-dir", str(p.config_dir),
-             "fetch", f"oci:{img.oci_ref}"] for img in (built.layered, built.busybox, built.layered,
-                                                        built.configured)]
+             "fetch", f"oci:{img.oci_ref}"] for img in (test_images.layered, test_images.busybox, test_images.layered,
+                                                        test_images.configured)]
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
     results = [pr.communicate(timeout=120) for pr in procs]
     assert all(pr.returncode == 0 for pr in procs), results
-    want = set(built.layered.diff_ids) | set(built.configured.diff_ids)
+    want = set(test_images.layered.diff_ids) | set(test_images.configured.diff_ids)
     assert snapshot_ids(p) == want
     assert os.listdir(p.data_dir / "snapshots/.staging") == []
     assert len(p("image", "list", "--format", "json").json()) == 3
