@@ -215,3 +215,51 @@ def test_killed_pull_is_completed_by_the_next(tmp_path: Path, registry: Registry
     assert snapshot_ids(p) == set(big.diff_ids)
     p("image", "gc")
     assert os.listdir(ingest) == [] and os.listdir(staging) == []
+
+
+def test_progress_on_a_terminal_and_quiet_otherwise(pypod: Pypod, registry: Registry, test_images) -> None:
+    import pty
+
+    ref = f"{registry.host}/test/layered"
+    quiet = pypod("fetch", ref)
+    assert quiet.err == ""
+    pypod("image", "rm", ref)
+    pypod("image", "gc", "--grace-period", "0s")
+    master, slave = pty.openpty()
+    cmd = [sys.executable, "-m", "pypod.cli", "--dir", str(pypod.data_dir), "--config-dir", str(pypod.config_dir),
+           "fetch", ref]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    proc.wait(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0
+    for digest in test_images.layered.layer_digests:
+        assert digest[7:19].encode() in shown
+    assert b"done" in shown and b"/s" in shown
+
+
+def test_size_limits_come_from_the_config(tmp_path: Path, registry: Registry, bomb_image) -> None:
+    registry.push(bomb_image, "test/bomb", "latest")
+    p = Pypod(tmp_path / "data")
+    configure(p, insecure(registry.host) + '\n[limits]\nmax_layer_unpacked = "64MiB"\n')
+    r = p("fetch", f"{registry.host}/test/bomb", check=False)
+    assert r.rc == 254 and "max_layer_unpacked" in r.err
+    assert p("image", "list", "--format", "json").json() == []
+    assert os.listdir(p.data_dir / "snapshots/.staging") == []
+
+
+def test_gc_keeps_images_used_within_the_grace_period(pypod: Pypod, registry: Registry) -> None:
+    pypod("fetch", f"{registry.host}/test/busybox")
+    pypod("image", "gc", "--grace-period", "1h")
+    assert len(pypod("image", "list", "--format", "json").json()) == 1
+    pypod("image", "gc", "--grace-period", "0s")
+    assert pypod("image", "list", "--format", "json").json() == []
