@@ -69,7 +69,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
-from . import Stage1Error
+from . import ExecResult, Stage1Error
 from .runtime import Runtime, RuntimeFailure, which
 
 _DEFAULT_ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -457,14 +457,6 @@ def log_streams(path: str) -> tuple[bytes, bytes]:
 
 
 # --- exec ----------------------------------------------------------------------------------------
-
-@dataclass
-class ExecResult:
-    exit_code: int
-    stdout: bytes = b""
-    stderr: bytes = b""
-    timed_out: bool = False
-
 
 def exec_sync(runtime: Runtime, cid: str, process: Mapping, *, work_parent: str,
               timeout: float | None = None, env: Mapping[str, str] | None = None) -> ExecResult:

@@ -90,7 +90,7 @@ class AppSpec:
 
     args: Sequence[str]
     rootfs: str
-    cgroups_path: str
+    cgroups_path: str = ""              # required by generate(); the oci flavor fills it in
     env: Mapping[str, str] | Sequence[str] = ()
     cwd: str = "/"
     uid: int = 0

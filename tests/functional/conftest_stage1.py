@@ -189,7 +189,9 @@ class Stage1Env:
         cgroups.remove(self.parent)
 
     # -- leak detection ------------------------------------------------------------------------
-    def leaks(self) -> list[str]:
+    def leaks(self, *, parent_may_exist: bool = False) -> list[str]:
+        """Everything this test left behind. ``parent_may_exist``: the (shared, empty) cgroup
+        parent is not a leak yet (a pod's gc removes only the pod's own cgroups)."""
         found: list[str] = []
         conmon.reap_adopted()
         for pid in cgroups.procs(self.parent):
@@ -201,7 +203,11 @@ class Stage1Env:
             if self.run_root in cmd or self.base in cmd or self.pod_id in cmd or "catatonit" in cmd:
                 found.append(f"process {pid}: {cmd}")
         for d in cgroups.exists(self.parent):
-            found.append(f"cgroup {d}")
+            if parent_may_exist:
+                found.extend(f"cgroup {d}/{sub}" for sub in os.listdir(d)
+                             if os.path.isdir(os.path.join(d, sub)))
+            else:
+                found.append(f"cgroup {d}")
         state = self.runtime.root
         if os.path.isdir(state) and os.listdir(state):
             found.append(f"runtime state in {state}: {sorted(os.listdir(state))}")

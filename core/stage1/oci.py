@@ -1,0 +1,324 @@
+"""The ``oci`` stage1 flavor: an infra container owning the pod's namespaces, each app an OCI
+container run by crun or runc under conmon. See docs/stage1.md for the on-disk picture.
+
+Files under ``<pod dir>/stage1/``::
+
+    stage1.json                 flavor, runtime, run root, cgroup parent (fixed at prepare)
+    infra/                      infra bundle + conmon files + infra.json (namespace paths)
+    apps/<app>/config.json      the app's bundle; conmon adds ctl, winsz, attach (while running),
+                                pidfile, conmon.pid, exit, oom; pypod adds app.json and the
+                                created/started markers (their mtimes are the timestamps)
+    apps/<app>/ctr.log          the CRI log (unless the app names another path)
+    exits/<container id>        conmon's --exit-dir
+    exec/                       transient exec sessions
+
+Outside it: ``<run_root>/pods/<pod>/ns/*`` (pinned namespaces), ``<run_root>/attach/<cid>``
+(conmon's attach links), ``<run_root>/runtime/<name>/<cid>`` (runtime state), and the cgroups
+``<parent>/<pod>/{infra,conmon,apps/<app>}``; :meth:`OciStage1.gc` removes all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import replace
+from typing import Mapping, Sequence
+
+from ..errors import Conflict, NotFound
+from . import AppConfig, AppStatus, ExecResult, PodConfig, PodStatus, Stage1Error, cgroups, conmon
+from . import infra as infra_mod
+from . import spec as spec_mod
+from .runtime import Runtime, get_runtime
+
+_APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_DEFAULT_NS = spec_mod.AppSpec.__dataclass_fields__["namespaces"].default_factory()  # type: ignore[misc]
+
+
+def app_cid(pod_id: str, app: str) -> str:
+    """An app's container id: ``<pod>.<app>`` (the infra's is the pod id alone)."""
+    return f"{pod_id}.{app}"
+
+
+class OciStage1:
+    """The oci flavor (stateless: everything is read from the pod's directory)."""
+
+    name = "oci"
+
+    # -- paths and records ----------------------------------------------------------------------
+    @staticmethod
+    def _root(pod: PodConfig) -> str:
+        return os.path.join(pod.dir, "stage1")
+
+    def _record(self, pod: PodConfig) -> dict:
+        try:
+            with open(os.path.join(self._root(pod), "stage1.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise Conflict(f"pod {pod.id} was not prepared by stage1") from None
+
+    def _runtime(self, pod: PodConfig) -> Runtime:
+        rec = self._record(pod)
+        return get_runtime(rec["runtime"], rec["run_root"])
+
+    def _parent(self, pod: PodConfig) -> str:
+        return self._record(pod)["cgroup_parent"]
+
+    def _files(self, pod: PodConfig, name: str) -> conmon.Files:
+        root = self._root(pod)
+        app_dir = os.path.join(root, "apps", name)
+        log = os.path.join(app_dir, "ctr.log")
+        try:
+            with open(os.path.join(app_dir, "app.json")) as f:
+                log = json.load(f).get("log_path") or log
+        except FileNotFoundError:
+            pass
+        rec = self._record(pod)
+        return conmon.Files(cid=app_cid(pod.id, name), bundle=app_dir, state_dir=app_dir,
+                            log_path=log, exit_dir=os.path.join(root, "exits"),
+                            socket_dir=os.path.join(rec["run_root"], "attach"))
+
+    def _infra(self, pod: PodConfig) -> infra_mod.Infra | None:
+        try:
+            return infra_mod.Infra.load(os.path.join(self._root(pod), "infra"))
+        except Stage1Error:
+            return None
+
+    def _app_names(self, pod: PodConfig) -> list[str]:
+        d = os.path.join(self._root(pod), "apps")
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def _need_app(self, pod: PodConfig, name: str) -> conmon.Files:
+        if not _APP_NAME.match(name):
+            raise Stage1Error(f"invalid app name {name!r}")
+        files = self._files(pod, name)
+        if not os.path.isfile(os.path.join(files.bundle, "app.json")):
+            raise NotFound(f"pod {pod.id} has no app {name!r}")
+        return files
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def prepare(self, pod: PodConfig) -> None:
+        root = self._root(pod)
+        os.makedirs(os.path.join(root, "apps"), exist_ok=True)
+        os.makedirs(os.path.join(root, "exits"), exist_ok=True)
+        rt = get_runtime(pod.runtime, pod.run_root)
+        spec_mod.write_json(os.path.join(root, "stage1.json"), {
+            "flavor": self.name, "runtime": rt.name, "run_root": pod.run_root,
+            "cgroup_parent": pod.cgroup_parent})
+        infra_mod.rootfs(pod.run_root)
+
+    def start(self, pod: PodConfig) -> PodStatus:
+        rt = self._runtime(pod)
+        existing = self._infra(pod)
+        if existing is not None:
+            if existing.alive():
+                raise Conflict(f"pod {pod.id} is already running")
+            raise Conflict(f"pod {pod.id} has run already; gc it first")
+        rec = self._record(pod)
+        root = self._root(pod)
+        cfg = infra_mod.InfraConfig(pod_id=pod.id, hostname=pod.hostname, share_pid=pod.share_pid,
+                                    network=pod.network, ipc=pod.ipc, uts=pod.uts,
+                                    sysctl=dict(pod.sysctl), cgroup_parent=rec["cgroup_parent"])
+        infra_mod.start(rt, cfg, dir=os.path.join(root, "infra"),
+                        ns_dir=os.path.join(rec["run_root"], "pods", pod.id, "ns"),
+                        exit_dir=os.path.join(root, "exits"),
+                        socket_dir=os.path.join(rec["run_root"], "attach"), run_root=rec["run_root"])
+        return self.status(pod)
+
+    def add_app(self, pod: PodConfig, app: AppConfig) -> AppStatus:
+        if not _APP_NAME.match(app.name):
+            raise Stage1Error(f"invalid app name {app.name!r}")
+        inf = self._infra(pod)
+        if inf is None or not inf.alive():
+            raise Conflict(f"pod {pod.id} is not running")
+        files = self._files(pod, app.name)
+        if os.path.exists(os.path.join(files.bundle, "app.json")):
+            raise Conflict(f"pod {pod.id} already has an app {app.name!r}")
+        rt = self._runtime(pod)
+        parent = self._parent(pod)
+        s = app.spec
+        changes: dict = {"cgroups_path": cgroups.app_path(pod.id, app.name, parent)}
+        if dict(s.namespaces) == _DEFAULT_NS:
+            changes["namespaces"] = inf.app_namespaces()
+        if s.hostname is None and pod.hostname and pod.uts == "private":
+            changes["hostname"] = pod.hostname
+        for attr in ("etc_hosts", "etc_resolv_conf", "etc_hostname"):
+            if getattr(s, attr) is None and getattr(pod, attr):
+                changes[attr] = getattr(pod, attr)
+        s = replace(s, **changes)
+        config = spec_mod.generate(s, cgroup_v2=cgroups.detect().mode == "v2")
+        os.makedirs(files.bundle, exist_ok=True)
+        spec_mod.write_json(os.path.join(files.bundle, "config.json"), config)
+        log_path = app.log_path or os.path.join(files.bundle, "ctr.log")
+        spec_mod.write_json(os.path.join(files.bundle, "app.json"), {
+            "name": app.name, "stdin": app.stdin, "log_path": log_path,
+            "log_size_max": app.log_size_max})
+        files = self._files(pod, app.name)
+        exit_cmd = [*pod.exit_command, pod.id, app.name] if pod.exit_command else []
+        try:
+            conmon.create(rt, files, cgroup=cgroups.conmon_path(pod.id, parent), env=pod.exit_env,
+                          stdin=app.stdin, leave_stdin_open=app.stdin, terminal=s.terminal,
+                          log_size_max=app.log_size_max, exit_command=exit_cmd)
+        except BaseException:
+            self._discard_app(pod, app.name, rt)
+            raise
+        _touch(os.path.join(files.bundle, "created"))
+        return self._app_status(pod, app.name, files)
+
+    def start_app(self, pod: PodConfig, name: str) -> AppStatus:
+        files = self._need_app(pod, name)
+        if os.path.exists(os.path.join(files.bundle, "started")):
+            raise Conflict(f"app {name!r} was started already")
+        self._runtime(pod).start(files.cid)
+        _touch(os.path.join(files.bundle, "started"))
+        return self._app_status(pod, name, files)
+
+    def stop_app(self, pod: PodConfig, name: str, grace: float = 10.0) -> AppStatus:
+        files = self._need_app(pod, name)
+        rt = self._runtime(pod)
+        if rt.exists(files.cid):
+            conmon.stop(rt, files, grace=grace, pid=_read_int(files.pidfile))
+        return self._app_status(pod, name, files)
+
+    def remove_app(self, pod: PodConfig, name: str) -> None:
+        self._need_app(pod, name)
+        self._discard_app(pod, name, self._runtime(pod))
+
+    def _discard_app(self, pod: PodConfig, name: str, rt: Runtime) -> None:
+        files = self._files(pod, name)
+        if rt.exists(files.cid):
+            conmon.stop(rt, files, grace=0, pid=_read_int(files.pidfile))
+            rt.delete(files.cid, force=True)
+        conmon.cleanup(files)
+        cgroups.remove(cgroups.app_path(pod.id, name, self._parent(pod)), kill=True)
+        for path in (files.exit_file,):
+            _unlink(path)
+        shutil.rmtree(files.bundle, ignore_errors=True)
+
+    def exec(self, pod: PodConfig, name: str, args: Sequence[str], *,
+             env: Mapping[str, str] | None = None, cwd: str | None = None,
+             timeout: float | None = None) -> ExecResult:
+        files = self._need_app(pod, name)
+        if self._app_status(pod, name, files).state != "running":
+            raise Conflict(f"app {name!r} is not running")
+        with open(os.path.join(files.bundle, "config.json")) as f:
+            config = json.load(f)
+        process = spec_mod.exec_process(config, args, env=env, cwd=cwd)
+        return conmon.exec_sync(self._runtime(pod), files.cid, process,
+                                work_parent=os.path.join(self._root(pod), "exec"), timeout=timeout)
+
+    def attach(self, pod: PodConfig, name: str) -> str:
+        files = self._need_app(pod, name)
+        if conmon.conmon_pid(files) is None or not os.path.exists(files.attach_socket):
+            raise Conflict(f"app {name!r} has no running monitor to attach to")
+        return files.attach_socket
+
+    def stop(self, pod: PodConfig, grace: float = 10.0) -> PodStatus:
+        rt = self._runtime(pod)
+        running = []
+        for name in self._app_names(pod):
+            files = self._files(pod, name)
+            if rt.exists(files.cid) and conmon.read_exit(files) is None:
+                if rt.kill(files.cid, "TERM"):
+                    running.append(files)
+        deadline = time.monotonic() + grace
+        for files in running:
+            conmon.wait_exit(files, max(0.0, deadline - time.monotonic()), _read_int(files.pidfile))
+        for name in self._app_names(pod):
+            files = self._files(pod, name)
+            if rt.exists(files.cid):
+                conmon.stop(rt, files, grace=0, pid=_read_int(files.pidfile))
+        inf = self._infra(pod)
+        if inf is not None and rt.exists(inf.cid) and conmon.read_exit(inf.files) is None:
+            rt.kill(inf.cid, "KILL", all=True)
+            conmon.wait_exit(inf.files, 10.0, inf.pid)
+        return self.status(pod)
+
+    def gc(self, pod: PodConfig) -> None:
+        try:
+            rec = self._record(pod)
+        except Conflict:
+            return  # never prepared: nothing of stage1 exists
+        rt = get_runtime(rec["runtime"], rec["run_root"])
+        for name in self._app_names(pod):
+            files = self._files(pod, name)
+            if rt.exists(files.cid):
+                conmon.stop(rt, files, grace=0, pid=_read_int(files.pidfile))
+                rt.delete(files.cid, force=True)
+            conmon.cleanup(files)
+        inf = self._infra(pod)
+        if inf is not None:
+            inf.destroy(rt)
+        else:  # crashed between pinning and recording: unpin whatever is there
+            ns_dir = os.path.join(rec["run_root"], "pods", pod.id, "ns")
+            if os.path.isdir(ns_dir):
+                infra_mod.unpin(ns_dir, os.listdir(ns_dir))
+        cgroups.remove(cgroups.pod_path(pod.id, rec["cgroup_parent"]), kill=True)
+        for d in (os.path.join(rec["run_root"], "pods", pod.id, "ns"),
+                  os.path.join(rec["run_root"], "pods", pod.id)):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        shutil.rmtree(os.path.join(self._root(pod), "exec"), ignore_errors=True)
+
+    # -- status ---------------------------------------------------------------------------------
+    def status(self, pod: PodConfig) -> PodStatus:
+        self._record(pod)
+        inf = self._infra(pod)
+        if inf is None:
+            st = PodStatus(pod.id, "prepared")
+        else:
+            alive = inf.alive()
+            st = PodStatus(pod.id, "running" if alive else "exited",
+                           infra_pid=inf.pid if alive else None, namespaces=dict(inf.namespaces))
+        for name in self._app_names(pod):
+            files = self._files(pod, name)
+            if os.path.exists(os.path.join(files.bundle, "app.json")):
+                st.apps[name] = self._app_status(pod, name, files)
+        return st
+
+    def _app_status(self, pod: PodConfig, name: str, files: conmon.Files) -> AppStatus:
+        created = _mtime(os.path.join(files.bundle, "created"))
+        started = _mtime(os.path.join(files.bundle, "started"))
+        code = conmon.read_exit(files)
+        st = AppStatus(name=name, state="unknown", created_at=created, started_at=started,
+                       log_path=files.log_path)
+        if code is not None:
+            st.state, st.exit_code = "exited", code
+            st.finished_at = _mtime(files.exit_file) or _mtime(os.path.join(files.state_dir, "exit"))
+            st.oom_killed = conmon.oom_killed(files)
+        elif conmon.conmon_pid(files) is not None:
+            st.state = "running" if started else "created"
+            st.pid = _read_int(files.pidfile)
+        return st
+
+
+def _touch(path: str) -> None:
+    with open(path, "a"):
+        pass
+    os.utime(path)
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
