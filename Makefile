@@ -40,7 +40,8 @@ demo: deps
 	bash examples/demo.sh
 
 bench: deps
-	$(PY) bench/run.py
+	$(PY) bench/unpack.py
+	$(PY) bench/pull.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
