@@ -27,7 +27,7 @@ and caches it per (host, scope) until ``expires_in``. Later requests to the host
 up front.
 
 Retries (tenacity). Connection failures, resets, timeouts, 408, 429 and 5xx are retried with
-jittered exponential backoff; 429/503 ``Retry-After`` is honoured up to a cap; other 4xx are
+jittered exponential backoff; a ``Retry-After`` on those answers is honoured up to a cap; other 4xx are
 never retried. :class:`RetryPolicy` bounds the attempts and the total time. A blob download
 that breaks mid-stream resumes with a ``Range`` request (or starts over if the registry
 ignores it), keeping what was hashed so far.

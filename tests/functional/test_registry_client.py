@@ -397,6 +397,19 @@ def test_credentials_are_looked_up_for_the_mirror_host(token_registry, basic_aut
     assert f.digest == test_images.busybox.digest
 
 
+def test_origin_credentials_are_not_sent_to_a_mirror(token_registry, token_counts, basic_auth_registry,
+                                                     test_images):
+    # Both registries know user "pypod" with the same password, so a leak would succeed.
+    with FaultProxy.for_registry(basic_auth_registry) as mirror:
+        cfg = Config(registries=[RegistryConfig(prefix=token_registry.host, insecure=True,
+                                                mirrors=[Endpoint(mirror.host, insecure=True)])])
+        with client(cfg, creds_for(token_registry)) as c:
+            f = c.get_manifest(parse(token_registry.ref("test/busybox")), ACCEPT)
+        assert f.digest == test_images.busybox.digest
+        assert [r.status for r in mirror.requests if "/manifests/" in r.path] == [401]
+        assert token_counts.issued == 1      # served by the origin, with the origin's credentials
+
+
 def test_token_and_basic_auth_over_verified_tls(test_images):
     for auth in ("token", "htpasswd"):
         with Registry(tls=True, auth=auth) as reg:
