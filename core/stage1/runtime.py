@@ -121,14 +121,33 @@ class Runtime:
         return os.path.isdir(os.path.join(self.root, cid))
 
     def create(self, cid: str, bundle: str, pid_file: str | None = None,
-               console_socket: str | None = None) -> None:
-        """``create`` directly (conmon normally does this; see :mod:`.conmon`)."""
+               console_socket: str | None = None, stdio: tuple[int, int, int] | None = None) -> None:
+        """``create`` directly (conmon normally does this; see :mod:`.conmon`).
+
+        The container inherits ``stdio`` (default /dev/null); the runtime's own error message is
+        read from its ``--log`` file, since a pipe on stderr would be held open by the container.
+        """
         args = ["create", "--bundle", bundle]
         if pid_file:
             args += ["--pid-file", pid_file]
         if console_socket:
             args += ["--console-socket", console_socket]
-        self.run(*args, cid)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        fd, log = tempfile.mkstemp(prefix=".create-", suffix=".log", dir=self.root)
+        os.close(fd)
+        argv = [*self.prefix, f"--root={self.root}", f"--log={log}", *args, cid]
+        io = stdio or (subprocess.DEVNULL, subprocess.DEVNULL, subprocess.DEVNULL)
+        try:
+            rc = subprocess.run(argv, stdin=io[0], stdout=io[1], stderr=io[2], env=self._env(),
+                                timeout=_TIMEOUT).returncode
+            if rc != 0:
+                with open(log, errors="replace") as f:
+                    err = f.read().strip()
+                raise RuntimeFailure(f"{self.name} create {cid} failed: {err or 'exit ' + str(rc)}", rc, err)
+        except subprocess.TimeoutExpired:
+            raise RuntimeFailure(f"{self.name} create {cid}: timed out") from None
+        finally:
+            _unlink(log)
 
     def start(self, cid: str) -> None:
         self.run("start", cid)

@@ -216,3 +216,28 @@ def test_leak_check_finds_leftovers(runtime_name, busybox_rootfs, tmp_path):
 
         shutil.rmtree(env.run_root, ignore_errors=True)
     assert leftover == []
+
+
+def test_runtime_direct_create_state_delete(s1):
+    """Runtime.create without conmon: the container holds /dev/null, not a pipe of ours."""
+    bundle = os.path.join(s1.base, "direct")
+    os.makedirs(bundle)
+    config = spec.generate(s1.app_spec("direct", ["sleep", "1000"]))
+    spec.write_json(os.path.join(bundle, "config.json"), config)
+    cid = f"{s1.pod_id}.direct"
+    t0 = time.monotonic()
+    s1.runtime.create(cid, bundle, pid_file=os.path.join(bundle, "pid"))
+    assert time.monotonic() - t0 < 20
+    state = s1.runtime.state(cid)
+    assert state["status"] == "created" and state["pid"] == int(open(os.path.join(bundle, "pid")).read())
+    assert [c["id"] for c in s1.runtime.list()] == [cid]
+    s1.runtime.delete(cid, force=True)
+    assert s1.runtime.state(cid) is None and not s1.runtime.exists(cid)
+    time.sleep(0.05)
+    conmon.reap_adopted(("crun", "runc", "runc:[2:INIT]", "sleep"))  # the init was orphaned to us
+    broken = dict(config, root={"path": os.path.join(s1.base, "no-such-rootfs"), "readonly": True})
+    spec.write_json(os.path.join(bundle, "config.json"), broken)
+    with pytest.raises(RuntimeFailure) as ei:
+        s1.runtime.create(cid, bundle)
+    assert "failed: exit" not in str(ei.value), f"no runtime message captured: {ei.value}"
+    s1.runtime.delete(cid, force=True)  # runc keeps no state after a failed create, crun may
