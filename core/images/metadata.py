@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..lock import locked
+
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -106,9 +108,12 @@ class Metadata:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA foreign_keys = ON")
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                db.execute("PRAGMA journal_mode = WAL")
-                db.executescript(_SCHEMA)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                # Switching to WAL ignores the busy timeout: first users serialize on a file lock.
+                with locked(self.path.with_name(self.path.name + ".lock")):
+                    if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                        db.execute("PRAGMA journal_mode = WAL")
+                        db.executescript(_SCHEMA)
+                        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db = db
         return self._db
 
