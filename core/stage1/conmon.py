@@ -60,11 +60,8 @@ import json
 import os
 import re
 import select
-import shutil
 import signal as signal_mod
-import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
@@ -469,6 +466,9 @@ def exec_sync(runtime: Runtime, cid: str, process: Mapping, *, work_parent: str,
     reaping, and the orphaned zombie, which lives in the container's pid namespace, then keeps
     the container's init from ever finishing its exit where PID 1 does not reap.
     """
+    import shutil
+    import tempfile
+
     os.makedirs(work_parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix="exec-", dir=work_parent)
     try:
@@ -533,6 +533,8 @@ class Attach:
     """A client of conmon's attach socket: receive the app's output, send to its stdin."""
 
     def __init__(self, path: str, timeout: float | None = 10.0):
+        import socket
+
         # Connect through /proc/self/fd so a path longer than sun_path still works.
         dfd = os.open(os.path.dirname(path), os.O_PATH)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

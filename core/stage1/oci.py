@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import replace
 from typing import Mapping, Sequence
@@ -193,9 +192,8 @@ class OciStage1:
             rt.delete(files.cid, force=True)
         conmon.cleanup(files)
         cgroups.remove(cgroups.app_path(pod.id, name, self._parent(pod)), kill=True)
-        for path in (files.exit_file,):
-            _unlink(path)
-        shutil.rmtree(files.bundle, ignore_errors=True)
+        _unlink(files.exit_file)
+        _rmtree(files.bundle)
 
     def exec(self, pod: PodConfig, name: str, args: Sequence[str], *,
              env: Mapping[str, str] | None = None, cwd: str | None = None,
@@ -262,7 +260,7 @@ class OciStage1:
                 os.rmdir(d)
             except OSError:
                 pass
-        shutil.rmtree(os.path.join(self._root(pod), "exec"), ignore_errors=True)
+        _rmtree(os.path.join(self._root(pod), "exec"))
 
     # -- status ---------------------------------------------------------------------------------
     def status(self, pod: PodConfig) -> PodStatus:
@@ -315,6 +313,12 @@ def _read_int(path: str) -> int | None:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _unlink(path: str) -> None:

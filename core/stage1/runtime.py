@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Mapping, Sequence
@@ -56,10 +53,8 @@ class RuntimeFailure(Stage1Error):
 
 def which(name: str) -> str | None:
     """Find an executable in PATH or the usual system directories."""
-    path = shutil.which(name)
-    if path:
-        return path
-    for d in _SEARCH:
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d] + list(_SEARCH)
+    for d in dirs:
         cand = os.path.join(d, name)
         if os.access(cand, os.X_OK) and os.path.isfile(cand):
             return cand
@@ -132,6 +127,8 @@ class Runtime:
             args += ["--pid-file", pid_file]
         if console_socket:
             args += ["--console-socket", console_socket]
+        import tempfile
+
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         fd, log = tempfile.mkstemp(prefix=".create-", suffix=".log", dir=self.root)
         os.close(fd)
@@ -189,6 +186,8 @@ class Runtime:
         """Run a process (an OCI process object, see :func:`.spec.exec_process`) in the container,
         in the foreground; returns its exit code and captured stdout/stderr."""
         if process_file is None:
+            import tempfile
+
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             fd, path = tempfile.mkstemp(prefix=".exec-", suffix=".json", dir=self.root)
             os.close(fd)
@@ -235,6 +234,8 @@ def _unlink(path: str) -> None:
 
 def crun_private_mount_prefix(crun: str, unified: str = "/sys/fs/cgroup/unified") -> tuple[str, ...]:
     """The argv prefix that runs crun with the cgroup2 mount hidden (see the module docstring)."""
+    import shlex
+
     unshare, sh = which("unshare"), "/bin/sh"
     if unshare is None:
         raise Stage1Error("crun needs unshare(1) on this hybrid cgroup host, and it is missing")

@@ -148,3 +148,32 @@ def test_host_network_pod(s1):
     fl.stop(pod, grace=1)
     fl.gc(pod)
     assert s1.leaks(parent_may_exist=True) == []
+
+
+def test_pod_joins_a_network_namespace_made_elsewhere(s1):
+    """stage0 may create and pin the netns first (e.g. to run CNI before the infra exists)."""
+    import subprocess
+
+    from pypod.stage1 import mounts
+
+    netns = os.path.join(s1.run_root, "netns-made-by-stage0")
+    os.makedirs(s1.run_root, exist_ok=True)
+    open(netns, "w").close()
+    subprocess.run(["unshare", f"--net={netns}", "true"], check=True)
+    try:
+        fl = get_flavor("oci")
+        pod = pod_config(s1, network=netns)
+        fl.prepare(pod)
+        st = fl.start(pod)
+        assert st.namespaces["network"] == netns
+        fl.add_app(pod, app(s1, "probe", ["readlink", "/proc/self/ns/net"]))
+        fl.start_app(pod, "probe")
+        probe = wait_state(fl, pod, "probe", "exited")
+        assert [ll.content for ll in conmon.read_log(probe.log_path)] == [f"net:[{os.stat(netns).st_ino}]"]
+        fl.stop(pod, grace=1)
+        fl.gc(pod)
+        assert mounts.is_mountpoint(netns), "gc unmounted a namespace it does not own"
+    finally:
+        mounts.umount(netns)
+        os.unlink(netns)
+    assert s1.leaks(parent_may_exist=True) == []
