@@ -245,7 +245,10 @@ def create(runtime: Runtime, files: Files, *, cgroup: str | None = None,
                 proc.kill()
                 raise
             finally:
-                os.write(start_w, b"0")
+                try:
+                    os.write(start_w, b"0")
+                except OSError:  # conmon was killed above
+                    pass
                 os.close(start_w)
         try:
             _out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
@@ -615,8 +618,17 @@ def _children(pid: int) -> list[int]:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{tid}/children") as f:
                 out.extend(int(x) for x in f.read().split())
-    except OSError:
+        return out
+    except OSError:  # no CONFIG_PROC_CHILDREN: scan every process' parent
         pass
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
     return out
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
@@ -57,6 +58,7 @@ class InfraConfig:
     resources: dict | None = None
 
     def __post_init__(self) -> None:
+        check_pod_id(self.pod_id)
         if self.network not in ("private", "host") and not os.path.isabs(self.network):
             raise Stage1Error(f"network must be private, host or a netns path, not {self.network!r}")
         for what in ("ipc", "uts"):
@@ -124,6 +126,17 @@ class Infra:
             runtime.delete(self.cid, force=True)
         unpin(self.ns_dir, self.pinned)
         conmon.cleanup(self.files)
+
+
+_POD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def check_pod_id(pod_id: str) -> str:
+    """Pod ids name files, cgroups and container ids: no dots (apps are ``<pod>.<app>``), no
+    slashes."""
+    if not _POD_ID.match(pod_id):
+        raise Stage1Error(f"invalid pod id {pod_id!r}")
+    return pod_id
 
 
 def infra_cid(pod_id: str) -> str:
@@ -219,9 +232,11 @@ def start(runtime: Runtime, cfg: InfraConfig, *, dir: str, ns_dir: str, exit_dir
         infra.save()
         runtime.start(infra.cid)
     except BaseException:
-        try:
+        try:  # undo, so that the pod may start again
             infra.destroy(runtime)
-        except Stage1Error:
+            cgroups.remove(cgroups.pod_path(cfg.pod_id, cfg.cgroup_parent))  # no app exists yet
+            os.unlink(os.path.join(dir, "infra.json"))
+        except (Stage1Error, OSError):
             pass
         raise
     return infra

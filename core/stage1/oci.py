@@ -99,6 +99,7 @@ class OciStage1:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def prepare(self, pod: PodConfig) -> None:
+        infra_mod.check_pod_id(pod.id)
         root = self._root(pod)
         os.makedirs(os.path.join(root, "apps"), exist_ok=True)
         os.makedirs(os.path.join(root, "exits"), exist_ok=True)

@@ -177,3 +177,23 @@ def test_pod_joins_a_network_namespace_made_elsewhere(s1):
         mounts.umount(netns)
         os.unlink(netns)
     assert s1.leaks(parent_may_exist=True) == []
+
+
+def test_failed_start_is_undone_and_can_be_retried(s1):
+    fl = get_flavor("oci")
+    bad = pod_config(s1, sysctl={"net.pypod_no_such.knob": "1"})
+    fl.prepare(bad)
+    with pytest.raises(Exception) as ei:
+        fl.start(bad)
+    assert "no_such" in str(ei.value) or "sysctl" in str(ei.value).lower(), str(ei.value)
+    assert s1.leaks(parent_may_exist=True) == []
+    assert fl.status(bad).state == "prepared"
+    good = pod_config(s1, sysctl={"net.ipv4.ip_unprivileged_port_start": "80"})
+    st = fl.start(good)
+    assert st.state == "running"
+    fl.add_app(good, app(s1, "port", ["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]))
+    fl.start_app(good, "port")
+    probe = wait_state(fl, good, "port", "exited")
+    assert [ll.content for ll in conmon.read_log(probe.log_path)] == ["80"]
+    fl.stop(good, grace=0)
+    fl.gc(good)

@@ -376,3 +376,30 @@ def test_cri_log_parsing(tmp_path):
     assert conmon.log_streams(str(log)) == (b"hello\ntail", b"oops with  spaces \n")
     with pytest.raises(Stage1Error):
         conmon.parse_log_line("garbage")
+
+
+def test_runtime_probe_prefers_crun_and_wraps_it_on_hybrid_hosts(monkeypatch):
+    from pypod.stage1 import runtime
+
+    bins = {"crun": "/usr/bin/crun", "runc": "/usr/sbin/runc", "unshare": "/usr/bin/unshare"}
+    monkeypatch.setattr(runtime, "which", lambda name: bins.get(name))
+    hybrid = cgroups.Layout("hybrid", {"memory": "/m"}, "/sys/fs/cgroup/unified", ("hugetlb",))
+    monkeypatch.setattr(cgroups, "detect", lambda: hybrid)
+    found = runtime._probe.__wrapped__()
+    assert [f[0] for f in found] == ["crun", "runc"]
+    assert found[0][2][:2] == ("/usr/bin/unshare", "-m") and found[0][2][-1] == "/usr/bin/crun"
+    assert found[1][2] == ("/usr/sbin/runc",)
+    monkeypatch.setattr(cgroups, "detect", lambda: cgroups.Layout("v1", {"memory": "/m"}, None))
+    assert runtime._probe.__wrapped__()[0][2] == ("/usr/bin/crun",)
+    del bins["unshare"]  # crun cannot be fixed up: runc only
+    monkeypatch.setattr(cgroups, "detect", lambda: hybrid)
+    assert [f[0] for f in runtime._probe.__wrapped__()] == ["runc"]
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "pod.with.dots", "-x"])
+def test_pod_ids_that_could_escape_or_collide_are_refused(bad):
+    from pypod.stage1 import infra
+
+    with pytest.raises(Stage1Error):
+        infra.InfraConfig(pod_id=bad)
+    assert infra.check_pod_id("3f2b0c9e-1d2a-4c1e-9a8b-0123456789ab")
