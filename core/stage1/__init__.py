@@ -48,7 +48,11 @@ class PodConfig:
     :attr:`PodStatus.namespaces` ``["network"]``), ``"host"``, or the path of an existing network
     namespace. ``exit_command``: an argv run by conmon after any app exits, with the pod id and
     the app name appended (stage0's hook to record the exit with no resident process); it gets
-    ``exit_env`` as its environment (plus PATH).
+    ``exit_env`` as its environment (plus PATH). ``lock_fd``: an fd of stage0's pod lock;
+    ``start`` passes it to the infra's conmon, which keeps it open exactly as long as the infra
+    runs (conmon closes every inherited fd when its container exits, before writing the exit
+    file), so the kernel releases the lock when the pod dies. The caller closes its own copy
+    afterwards (``LockedPod.handoff()``).
     """
 
     id: str
@@ -67,6 +71,7 @@ class PodConfig:
     etc_hostname: str | None = None
     exit_command: Sequence[str] = ()
     exit_env: Mapping[str, str] = field(default_factory=dict)
+    lock_fd: int | None = None          # the pod lock, handed to the infra's monitor by start()
 
 
 @dataclass

@@ -197,11 +197,13 @@ def infra_config(cfg: InfraConfig, root: str, catatonit: str) -> dict:
 
 
 def start(runtime: Runtime, cfg: InfraConfig, *, dir: str, ns_dir: str, exit_dir: str,
-          socket_dir: str, run_root: str, env: Mapping[str, str] | None = None) -> Infra:
+          socket_dir: str, run_root: str, env: Mapping[str, str] | None = None,
+          pass_fds: tuple[int, ...] = ()) -> Infra:
     """Create and start the infra; returns it with the namespace paths apps join.
 
-    ``dir`` receives the bundle and conmon's files; ``ns_dir`` the pinned namespaces. On failure
-    everything made so far is undone.
+    ``dir`` receives the bundle and conmon's files; ``ns_dir`` the pinned namespaces.
+    ``pass_fds`` (e.g. the pod lock) are inherited by the infra's conmon, which holds them until
+    the infra exits. On failure everything made so far is undone.
     """
     catatonit = which("catatonit")
     if not catatonit:
@@ -214,7 +216,8 @@ def start(runtime: Runtime, cfg: InfraConfig, *, dir: str, ns_dir: str, exit_dir
     infra.save()  # before anything exists, so a crash leaves enough to clean up
     try:
         created = conmon.create(runtime, infra.files,
-                                cgroup=cgroups.conmon_path(cfg.pod_id, cfg.cgroup_parent), env=env)
+                                cgroup=cgroups.conmon_path(cfg.pod_id, cfg.cgroup_parent), env=env,
+                                pass_fds=pass_fds)
         infra.pid, infra.conmon_pid = created.pid, created.conmon_pid
         wanted = [t for t in PINNABLE if getattr(cfg, t) == "private"]
         if cfg.share_pid:

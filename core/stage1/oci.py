@@ -124,7 +124,8 @@ class OciStage1:
         infra_mod.start(rt, cfg, dir=os.path.join(root, "infra"),
                         ns_dir=os.path.join(rec["run_root"], "pods", pod.id, "ns"),
                         exit_dir=os.path.join(root, "exits"),
-                        socket_dir=os.path.join(rec["run_root"], "attach"), run_root=rec["run_root"])
+                        socket_dir=os.path.join(rec["run_root"], "attach"), run_root=rec["run_root"],
+                        pass_fds=(pod.lock_fd,) if pod.lock_fd is not None else ())
         return self.status(pod)
 
     def add_app(self, pod: PodConfig, app: AppConfig) -> AppStatus:

@@ -197,3 +197,38 @@ def test_failed_start_is_undone_and_can_be_retried(s1):
     assert [ll.content for ll in conmon.read_log(probe.log_path)] == ["80"]
     fl.stop(good, grace=0)
     fl.gc(good)
+
+
+def test_pod_lock_is_held_by_the_infra_monitor(s1):
+    """stage0 hands its pod lock over: it stays held while the infra lives, without us."""
+    import fcntl
+
+    lock_path = os.path.join(s1.base, "pod.lock")
+
+    def locked() -> bool:
+        fd = os.open(lock_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    fl = get_flavor("oci")
+    pod = pod_config(s1, lock_fd=fd)
+    fl.prepare(pod)
+    fl.start(pod)
+    os.close(fd)  # the hand-off: only the infra's conmon has it now
+    assert locked(), "the pod lock was dropped with pypod's copy"
+    fl.add_app(pod, app(s1, "a", ["sleep", "100"]))
+    fl.start_app(pod, "a")
+    assert locked()
+    fl.stop(pod, grace=0)
+    deadline = time.monotonic() + 5
+    while locked() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not locked(), "the lock outlived the pod"
+    fl.gc(pod)
