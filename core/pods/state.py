@@ -731,10 +731,11 @@ class PodStore:
         else:
             src = pod._p
             fd = open_dir(src)
-            if fd is None or not _try_lock(fd, shared=False):
-                if fd is not None:
-                    os.close(fd)
+            if fd is None:
                 raise Conflict(f"pod {pod.uuid} changed state meanwhile (retry)")
+            if not _try_lock(fd, shared=False):
+                os.close(fd)
+                raise Conflict(f"pod {pod.uuid} is busy (another command holds it)")
             try:
                 dst_dir = pod.dir
                 if pod.dir == RUN_DIR:

@@ -128,7 +128,10 @@ class StatusArea:
     # -- writes ---------------------------------------------------------------------------
     def _locked_update(self, fname: str, update) -> Any:
         def op(d: str) -> Any:
-            os.makedirs(d, mode=0o755, exist_ok=True)
+            try:  # never makedirs: a pod that moved must not be recreated at its old place
+                os.mkdir(d, 0o755)
+            except FileExistsError:
+                pass
             dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 lfd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=dfd)

@@ -493,8 +493,12 @@ def test_status_area(store):
     pod.release()
     # the pod died under a running app: its state is unknown (rkt's word), the record stays
     assert area.app("web").effective_state(store.get(pod.uuid).is_running) == APP_UNKNOWN
+    old_path = pod.path
     store.gc_mark()  # the pod moves; a writer holding the old path follows it
     area.update_app("web", state=APP_EXITED, exit_code=1)
-    assert store.get(pod.uuid).status().app("web").exit_code == 1
+    assert not old_path.exists()  # and does not recreate the pod at its old place
+    moved = store.get(pod.uuid)
+    assert moved.state == EXITED_GARBAGE and moved.status().app("web").exit_code == 1
+    assert area.pod_dir == str(moved.path)
     area.remove_app("db")
     assert set(area.apps()) == {"web"}
