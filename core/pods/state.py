@@ -114,6 +114,16 @@ def _try_lock(fd: int, *, shared: bool) -> bool:
         return False
 
 
+def _lock_soon(fd: int, timeout: float) -> bool:
+    """An exclusive lock within ``timeout`` s (polling: a blocking flock cannot time out)."""
+    deadline = time.monotonic() + timeout
+    while not _try_lock(fd, shared=False):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def is_locked(path: str) -> bool | None:
     """Whether someone holds the pod lock at ``path`` exclusively (None: the dir is gone).
 
@@ -733,7 +743,7 @@ class PodStore:
             fd = open_dir(src)
             if fd is None:
                 raise Conflict(f"pod {pod.uuid} changed state meanwhile (retry)")
-            if not _try_lock(fd, shared=False):
+            if not _lock_soon(fd, timeout=1.0):  # readers' probes hold it for microseconds
                 os.close(fd)
                 raise Conflict(f"pod {pod.uuid} is busy (another command holds it)")
             try:

@@ -4,12 +4,14 @@ lookup, the mutation lock and the status area."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -421,6 +423,20 @@ def test_rm_removes_one_pod_now(store, children):
     with pytest.raises(Conflict, match="gc hook: umount: busy"):
         store.rm(failing.uuid, hook=boom)
     assert store.get(failing.uuid).state == EXITED_GARBAGE
+
+
+def test_rm_waits_out_a_reader_probe(store):
+    pod = store.create(manifest()).to_run()
+    pod.release()
+    reader = os.open(pod.path, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(reader, fcntl.LOCK_SH)  # a `list` looking at the pod right then
+    timer = threading.Timer(0.2, os.close, args=(reader,))
+    timer.start()
+    try:
+        store.rm(pod.uuid)
+    finally:
+        timer.join()
+    assert store.list() == []
 
 
 def test_exit_is_recorded_once(store):
