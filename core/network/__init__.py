@@ -417,13 +417,20 @@ def attach(pod_id: str, netns_path: str | os.PathLike | None, networks: Sequence
     from . import netns as _netns
 
     owns = netns_path is None
-    path = str(_netns.create(pod_id, s.netns_dir)) if netns_path is None else os.fspath(netns_path)
+    path = str(_netns.path_of(pod_id, s.netns_dir)) if owns else os.fspath(netns_path)  # type: ignore[arg-type]
     st = NetworkStatus(pod_id, mode, path, owns, ports=port_list)
+    current = -1
     try:
-        if not owns:
+        _write_state(sf, st)  # first: a crash from here on leaves a record detach and gc can act on
+        if owns:
+            try:
+                _netns.create(pod_id, s.netns_dir)
+            except Conflict:
+                st.owns_netns = False  # someone else's: never remove it
+                raise
+        else:
             _netns.set_lo_up(path)
         if mode == "none":
-            _write_state(sf, st)
             return st
         cni = s.cni()
         plan = []
@@ -435,18 +442,28 @@ def attach(pod_id: str, netns_path: str | os.PathLike | None, networks: Sequence
             st._records.append({"config": conf.to_dict(), "args": dict(rt.args),
                                 "capabilityArgs": dict(rt.capability_args)})
         _write_state(sf, st)  # intent before any ADD
-        for a, (conf, rt) in zip(st.networks, plan):
+        for n, (a, (conf, rt)) in enumerate(zip(st.networks, plan)):
+            current = n
             a.fill(cni.add(conf, rt))
             _write_state(sf, st)
         return st
     except BaseException as e:
+        # completed attachments get a DEL; the one that failed was already undone by cni.add unless
+        # its own cleanup failed (its cache entry then remains); later ones never started
+        if st.networks:
+            done = [a.complete or (i == current and cni.cached(a.network, a.container_id, a.ifname) is not None)
+                    for i, a in enumerate(st.networks)]
+            st.networks = [a for a, keep in zip(st.networks, done) if keep]
+            st._records = [r for r, keep in zip(st._records, done) if keep]
         errors = _teardown(st, s)
         if not errors:
             try:
                 os.unlink(sf)
             except FileNotFoundError:
                 pass
-        elif isinstance(e, Exception):
+        else:
+            _write_state(sf, st)  # what is left to undo, for a later detach or gc
+        if errors and isinstance(e, Exception):
             e.add_note("teardown after the failed attach also failed (state kept in "
                        f"{sf}): " + "; ".join(errors))
         raise

@@ -554,6 +554,10 @@ class CNI:
             return []
         if version_tuple(net.cni_version) < (0, 4, 0):
             result = None  # prevResult on DEL arrived with spec 0.4.0
+        from . import ipmasq
+
+        # bridge/ptp find their masquerade rules through the container's interface (plugins#810)
+        sweep = ipmasq.wants_sweep(net.plugins) and not _iface_present(rt.netns, rt.ifname)
         errors: list[str] = []
         for i in reversed(range(len(net.plugins))):
             try:
@@ -563,6 +567,8 @@ class CNI:
                     errors.append(str(e))
             except NetworkError as e:
                 errors.append(str(e))
+        if not errors and sweep:
+            ipmasq.sweep(net.name, rt.container_id)
         if not errors:
             try:
                 os.unlink(self.cache_path(net.name, rt.container_id, rt.ifname))
@@ -582,6 +588,21 @@ class CNI:
             return list(json.loads(p.stdout)["supportedVersions"])
         except (ValueError, KeyError, TypeError):
             raise NetworkError(f"plugin {plugin}: unexpected VERSION output {p.stdout[:200]!r}") from None
+
+
+def _iface_present(netns_path: str, ifname: str) -> bool:
+    if not netns_path:
+        return False
+    from . import netns
+
+    if not netns.is_netns(netns_path):
+        return False
+    import socket
+
+    try:
+        return ifname in {n for _, n in netns.run_in(netns_path, socket.if_nameindex)}
+    except (OSError, PypodError):
+        return False
 
 
 def _check_attachment(rt: RuntimeConf) -> None:
