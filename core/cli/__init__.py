@@ -28,9 +28,10 @@ def build_parser() -> Parser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version="pypod " + _version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    from . import images  # small module: argument definitions only import the engine lazily
+    from . import images, pods  # argument definitions only: the engine is imported per command
 
     images.register(sub)
+    pods.register(sub)
     return p
 
 
@@ -42,7 +43,11 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "argv"):  # only rkt-grammar commands take free-form flags
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.argv = extra + args.argv
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

@@ -209,6 +209,21 @@ class OciStage1:
         return conmon.exec_sync(self._runtime(pod), files.cid, process,
                                 work_parent=os.path.join(self._root(pod), "exec"), timeout=timeout)
 
+    def enter_argv(self, pod: PodConfig, name: str, args: Sequence[str], *, tty: bool = False) -> list[str]:
+        """The runtime command that runs ``args`` in a running app with the caller's stdio (and,
+        with ``tty``, a terminal the runtime proxies): for ``pypod enter`` to exec into."""
+        files = self._need_app(pod, name)
+        if self._app_status(pod, name, files).state != "running":
+            raise Conflict(f"app {name!r} is not running")
+        with open(os.path.join(files.bundle, "config.json")) as f:
+            config = json.load(f)
+        process = spec_mod.exec_process(config, args, terminal=tty)
+        work = os.path.join(self._root(pod), "exec")
+        os.makedirs(work, exist_ok=True)
+        path = os.path.join(work, f"enter-{os.getpid()}.json")
+        spec_mod.write_json(path, process)
+        return self._runtime(pod).argv("exec", "--process", path, files.cid)
+
     def attach(self, pod: PodConfig, name: str) -> str:
         files = self._need_app(pod, name)
         if conmon.conmon_pid(files) is None or not os.path.exists(files.attach_socket):
