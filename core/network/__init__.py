@@ -617,10 +617,13 @@ def gc(keep: Iterable[str], settings: NetSettings | None = None) -> list[str]:
     return cleaned
 
 
-def prune(settings: NetSettings | None = None) -> list[str]:
-    """Remove the default network's host leftovers when nothing uses them: the bridge (when no
-    interface is enslaved to it) and the host-local IPAM directory (when it holds no allocation).
-    For ``pypod gc``-style housekeeping and test teardown; returns what was removed."""
+def prune(settings: NetSettings | None = None, *, bridge: bool = True, ipam: bool = True,
+          chains: bool = False) -> list[str]:
+    """Remove the default network's host leftovers when nothing uses them: the bridge (no interface
+    enslaved), the host-local IPAM directory (no allocation), and with ``chains`` the plugins'
+    shared iptables scaffolding (no per-container rule; see :mod:`pypod.network.scaffold`).
+    For an idle host (``pypod gc``-style housekeeping, test and benchmark teardown); returns what
+    was removed."""
     import shutil
     import subprocess
 
@@ -628,17 +631,21 @@ def prune(settings: NetSettings | None = None) -> list[str]:
     removed = []
     br = s.default_bridge
     brif = Path("/sys/class/net", br, "brif")
-    if brif.is_dir() and not any(brif.iterdir()):
+    if bridge and brif.is_dir() and not any(brif.iterdir()):
         p = subprocess.run(["ip", "link", "del", br], capture_output=True, text=True)
         if p.returncode == 0:
             removed.append(f"bridge {br}")
-    ipam = Path("/var/lib/cni/networks", DEFAULT_NETWORK)
-    if ipam.is_dir():
+    d = Path("/var/lib/cni/networks", DEFAULT_NETWORK)
+    if ipam and d.is_dir():
         from ..lock import locked
 
-        with locked(ipam / "lock"):
-            leftovers = [n for n in os.listdir(ipam) if n != "lock" and not n.startswith("last_reserved_ip")]
+        with locked(d / "lock"):
+            leftovers = [n for n in os.listdir(d) if n != "lock" and not n.startswith("last_reserved_ip")]
             if not leftovers:
-                shutil.rmtree(ipam, ignore_errors=True)
-                removed.append(str(ipam))
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(str(d))
+    if chains:
+        from .scaffold import remove_unused
+
+        removed += remove_unused()
     return removed
