@@ -8,14 +8,11 @@ environment, derived configuration, chaining, DEL order and prevResult, errors, 
 from __future__ import annotations
 
 import json
-import os
 import stat
-from pathlib import Path
 
 import pytest
 
 from pypod.errors import NotFound
-from pypod.network import cni
 from pypod.network.cni import (CNI, ConfigError, NetworkError, PluginError, PluginNotFound, Result,
                                RuntimeConf, find_network, load_networks, parse_config)
 
