@@ -163,6 +163,16 @@ def _duration(text: str | None) -> float | None:
     return parse_duration(text)
 
 
+def _is_duration(text: str) -> bool:
+    from ..errors import UsageError
+
+    try:
+        _duration(text)
+        return True
+    except UsageError:
+        return False
+
+
 def _extra(rest: list[str]) -> dict[str, str]:
     out = {}
     for tok in rest:
@@ -275,6 +285,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .output import human_time, print_json
 
     engine = _engine(args)
+    for opt in ("wait", "wait_ready"):  # `--wait UUID`: the optional duration swallowed the UUID
+        value = getattr(args, opt)
+        if value not in (None, "inf") and args.uuid is None and not _is_duration(value):
+            args.uuid = value
+            setattr(args, opt, "inf")
     uuid = _uuid(args, args.uuid)
     if args.wait_ready is not None:
         _wait_ready(engine, uuid, _duration(args.wait_ready))

@@ -358,6 +358,25 @@ class ImageStore:
         tmp.write_text(json.dumps(index, indent=1))
         os.rename(tmp, self.content.root / "index.json")
 
+    def commit_layer(self, base: Image, layer: Path, diff_id: str, name: str, *, created_by: str) -> Image:
+        """A new image: ``base`` plus one layer (a tar, maybe compressed, whose uncompressed digest
+        is ``diff_id``), named ``name`` (``pypod export``)."""
+        with self._writing():
+            with open(layer, "rb") as f:
+                blob, size, mtype = self._store_stream(f, None)
+            raw = dict(self.image_config(base).raw)
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            raw["created"] = now
+            raw["rootfs"] = {"type": "layers", "diff_ids": [*self.image_config(base).diff_ids, diff_id]}
+            raw["history"] = [*(raw.get("history") or []), {"created": now, "created_by": created_by}]
+            cbytes = json.dumps(raw, separators=(",", ":")).encode()
+            cdigest = self.content.put(cbytes)
+            layers = [(la.blob, la.size, la.media_type) for la in base.layers] + [(blob, size, mtype)]
+            data = json.dumps(_oci_manifest(cdigest, len(cbytes), layers), separators=(",", ":")).encode()
+            plat = mf.Platform(base.os or "linux", base.architecture or mf.host_platform().architecture)
+            return self._ingest(None, data, sha256_bytes(data), mf.OCI_MANIFEST, [local_name(name)], [], [],
+                                plat, None)
+
     # -- names and removal ------------------------------------------------------------------
     def tag(self, name: str, new_name: str) -> Image:
         img = self.resolve(name)

@@ -86,6 +86,15 @@ class PodInfo:
         return d
 
 
+def failpoint(name: str) -> None:
+    """Crash here (SIGKILL, as a power cut or the OOM killer would) when ``PYPOD_FAILPOINT``
+    names this point: how the crash-safety tests stop pypod between two steps."""
+    if os.environ.get("PYPOD_FAILPOINT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Engine:
     """The engine API: one per data dir; cheap to create (nothing is touched until used)."""
 
@@ -132,6 +141,7 @@ class Engine:
             progress: Callable | None = None) -> str:
         """Create and start a pod; returns its UUID once every app is running."""
         locked = self._create(manifest, pull, uuid, progress)
+        self._emit(events.POD_PREPARED, pod=locked.uuid)
         locked.to_run()
         self._start(locked)
         return locked.uuid
@@ -162,10 +172,12 @@ class Engine:
             images.append(img)
         manifest.validate()
         locked = self.pods.create(manifest, uuid=uuid)
+        failpoint("create")
         try:
             for img in images:
                 self.images.hold(locked.uuid, img)
             self._flavor(manifest).prepare(self._pod_config(locked, manifest))
+            failpoint("prepared")
         except BaseException:
             self.images.release(locked.uuid)
             locked.abort()
@@ -232,9 +244,11 @@ class Engine:
         flavor = self._flavor(manifest)
         try:
             network, net = self._network_up(locked, manifest)
+            failpoint("network")
             self._write_etc(locked, manifest, net, network == "host")
             cfg = self._pod_config(locked, manifest, lock_fd=locked.fd, network=network)
             flavor.start(cfg)
+            failpoint("infra")
             for app in manifest.apps:
                 self._launch(locked, manifest, app, cfg, flavor)
         except BaseException as e:
@@ -253,6 +267,7 @@ class Engine:
         app_cfg = self._app_config(pod, manifest, app)
         created = time.time_ns()
         flavor.add_app(cfg, app_cfg)
+        failpoint("app-created")
         area.update_app(app.name, state=status_mod.APP_CREATED, created_at=created)
         self._emit(events.APP_CREATED, pod=pod.uuid, app=app.name, image=app.image_id)
         st = flavor.start_app(cfg, app.name)
@@ -311,7 +326,7 @@ class Engine:
         pod = self._running(ref)
         img = self.resolve_image(app.image, pull=pull)
         app.image_id = img.id
-        with pod.mutation_lock():
+        with pod.mutation_lock() as dfd:
             manifest = pod.manifest()
             if manifest.app(app.name) is not None:
                 raise Conflict(f"pod {pod.uuid} already has an app {app.name!r}")
@@ -321,7 +336,8 @@ class Engine:
             if manifest.stage1 != "oci":
                 raise Conflict(f"stage1 {manifest.stage1} pods are not mutable")
             self.images.hold(pod.uuid, img)
-            pod.update_manifest(lambda _m: manifest)
+            _save_manifest(dfd, manifest)
+            failpoint("app-add")
             cfg = self._pod_config(pod, manifest, network=self._net_mode(pod))
             app_cfg = self._app_config(pod, manifest, app)
             flavor.add_app(cfg, app_cfg)
@@ -360,16 +376,17 @@ class Engine:
 
     def app_rm(self, ref: str, name: str) -> None:
         pod = self._running(ref)
-        with pod.mutation_lock():
+        with pod.mutation_lock() as dfd:
             manifest = pod.manifest()
             self._need_app(pod, manifest, name)
             _mark_stopping(pod, name)
             self._flavor(manifest).remove_app(self._pod_config(pod, manifest, network=self._net_mode(pod)), name)
+            failpoint("app-rm")
             from . import rootfs
 
             rootfs.remove_app(pod.path, name)
             manifest.apps = [a for a in manifest.apps if a.name != name]
-            pod.update_manifest(lambda _m: manifest)
+            _save_manifest(dfd, manifest)
             pod.status().remove_app(name)
         self._emit(events.APP_REMOVED, pod=pod.uuid, app=name)
 
@@ -505,6 +522,7 @@ class Engine:
             manifest = None
         if manifest is not None:
             self._flavor(manifest).gc(self._pod_config(pod, manifest))
+            failpoint("teardown")
         else:  # a pod that crashed before its manifest was written: try every flavor's leftovers
             from ..stage1 import get_flavor
 
@@ -597,6 +615,31 @@ class Engine:
         pod = self.pods.wait_exit(ref, timeout)
         return self.status(pod.uuid)
 
+    def export(self, ref: str, app: str | None, name: str) -> "Image":
+        """An exited app's rootfs changes, on top of its image, as a new image (``rkt export``)."""
+        import tempfile
+
+        from ..images.sources import write_diff_layer
+        from . import rootfs
+
+        pod = self.pods.get(ref)
+        manifest = pod.manifest()
+        app_name = self._default_app(pod, manifest, app)
+        info = next(a for a in self.info(pod).apps if a.name == app_name)
+        if pod.state == "running" and info.state != "exited":
+            raise Conflict(f"app {app_name!r} is still running: stop it before exporting")
+        upper = rootfs.app_dir(pod.path, app_name) / "upper"
+        if not upper.is_dir():
+            raise NotFound(f"app {app_name!r} of pod {pod.uuid} has no rootfs changes to export")
+        base = self.images.resolve(manifest.app(app_name).image_id)  # type: ignore[union-attr]
+        self.images.content.init()
+        with tempfile.NamedTemporaryFile(dir=self.images.content.ingest_dir, suffix=".tar.gz") as tmp:
+            diff_id, _ = write_diff_layer(upper, Path(tmp.name))
+            img = self.images.commit_layer(base, Path(tmp.name), diff_id, name,
+                                           created_by=f"pypod export {pod.uuid} --app {app_name}")
+        self._emit(events.IMAGE_IMPORTED, image=img.id, name=img.names[0] if img.names else None)
+        return img
+
     # -- inside running apps --------------------------------------------------------------------
     def exec(self, ref: str, app: str | None, args: Sequence[str], *, timeout: float | None = None):
         pod = self._running(ref)
@@ -638,6 +681,14 @@ class Engine:
         pod = self._running(ref)
         manifest = pod.manifest()
         return self._flavor(manifest).attach(self._pod_config(pod, manifest), self._default_app(pod, manifest, app))
+
+
+def _save_manifest(dfd: int, manifest: PodManifest) -> None:
+    """Replace the manifest of the pod whose mutation lock we hold (``dfd``: its directory)."""
+    from .fsutil import write_atomic
+    from .state import MANIFEST
+
+    write_atomic(MANIFEST, manifest.validate().to_json().encode(), dir_fd=dfd, mode=0o640)
 
 
 def _mark_stopping(pod: Pod, name: str) -> None:

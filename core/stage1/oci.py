@@ -233,7 +233,7 @@ class OciStage1:
     def stop(self, pod: PodConfig, grace: float = 10.0) -> PodStatus:
         rt = self._runtime(pod)
         running = []
-        for name in self._app_names(pod):
+        for name in self._app_names(pod) if grace > 0 else ():  # grace 0: SIGKILL at once
             files = self._files(pod, name)
             if rt.exists(files.cid) and conmon.read_exit(files) is None:
                 if rt.kill(files.cid, "TERM"):

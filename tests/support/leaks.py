@@ -1,0 +1,94 @@
+"""What pods leave on the machine: processes, mounts, network namespaces, veths, iptables rules,
+cgroups. Tests snapshot before and compare after; anything new is a leak."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+RUNTIME_PROCS = ("conmon", "crun", "runc", "catatonit")
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _state(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def runtime_processes() -> set[str]:
+    """Live (not zombie) conmon, runtime and catatonit processes, as 'pid comm'."""
+    return {f"{p} {_comm(p)}" for p in os.listdir("/proc") if p.isdigit()
+            and _comm(p) in RUNTIME_PROCS and _state(p) != "Z"}
+
+
+def mounts(*prefixes: str) -> set[str]:
+    found = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4]
+            if any(point.startswith(p) for p in prefixes):
+                found.add(point)
+    return found
+
+
+def netns() -> set[str]:
+    return set(glob.glob("/run/pypod/netns/*"))
+
+
+def veths() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip()}
+
+
+def iptables() -> set[str]:
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    return {line for line in out.splitlines() if line.startswith("-A") and ("CNI" in line or "pypod" in line)}
+
+
+def cgroups() -> set[str]:
+    return {d for d in glob.glob("/sys/fs/cgroup/*/pypod/*") + glob.glob("/sys/fs/cgroup/unified/pypod/*")
+            if os.path.isdir(d)}
+
+
+@dataclass
+class Snapshot:
+    procs: set[str]
+    mounts: set[str]
+    netns: set[str]
+    veths: set[str]
+    iptables: set[str]
+    cgroups: set[str]
+
+    @classmethod
+    def take(cls, *mount_prefixes: str) -> "Snapshot":
+        return cls(runtime_processes(), mounts("/run/pypod", *mount_prefixes), netns(), veths(), iptables(),
+                   cgroups())
+
+    def new_since(self, before: "Snapshot") -> dict[str, set[str]]:
+        return {k: v - getattr(before, k) for k, v in self.__dict__.items() if v - getattr(before, k)}
+
+
+def leaked(before: Snapshot, *mount_prefixes: str, settle: float = 5.0) -> dict[str, set[str]]:
+    """What is new since ``before``; processes get ``settle`` seconds to finish exiting."""
+    from pypod.stage1 import conmon
+
+    deadline = time.monotonic() + settle
+    while True:
+        conmon.reap_adopted()
+        found = Snapshot.take(*mount_prefixes).new_since(before)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
