@@ -78,27 +78,14 @@ def parse_mount_flag(text: str) -> Mount:
 
 
 def parse_port_flag(text: str) -> Port:
-    """``[HOSTIP:]HOSTPORT:PODPORT[/PROTO]`` or ``PODPORT[/PROTO]`` (IPv6 host IPs in brackets)."""
-    spec, _, proto = text.partition("/")
-    proto = proto or "tcp"
-    host_ip = None
-    if spec.startswith("["):
-        end = spec.find("]")
-        if end < 0 or spec[end + 1:end + 2] != ":":
-            raise UsageError("expected [HOSTIP]:HOSTPORT:PODPORT")
-        host_ip, spec = spec[1:end], spec[end + 2:]
-        parts = spec.split(":")
-    else:
-        parts = spec.split(":")
-        if len(parts) == 3:
-            host_ip, parts = parts[0] or None, parts[1:]
-    if len(parts) == 1:
-        cport = _int_flag(parts[0], 1, 65535)
-        return Port(container_port=cport, protocol=proto, host_port=cport, host_ip=host_ip)
-    if len(parts) != 2:
-        raise UsageError("expected [HOSTIP:]HOSTPORT:PODPORT[/PROTO]")
-    return Port(container_port=_int_flag(parts[1], 1, 65535, "pod port"), protocol=proto,
-                host_port=_int_flag(parts[0], 0, 65535, "host port"), host_ip=host_ip)
+    """``CONTAINERPORT:[HOSTIP:]HOSTPORT[/tcp|udp|sctp]`` (rkt's order; see pypod.network.ports)."""
+    from ..network.ports import parse_port
+
+    try:
+        m = parse_port(text)
+    except UsageError as e:  # the caller names the flag and its value
+        raise UsageError(str(e).removeprefix(f"--port {text}: ")) from None
+    return Port(container_port=m.container_port, protocol=m.protocol, host_port=m.host_port, host_ip=m.host_ip)
 
 
 def parse_net_flag(text: str) -> list[Network]:

@@ -327,7 +327,7 @@ def test_pod_level_flags():
             "--runtime", "runc", "--dns", "10.0.0.2,10.0.0.3", "--dns-search", "a.example",
             "--dns-opt", "ndots:1", "--dns-domain", "example", "--hosts-entry", "10.0.0.9=db",
             "--hosts-entry", "10.0.0.9=db2", "--net", "default", "--net=backend:IP=10.1.0.2;X=y",
-            "--port", "127.0.0.1:8080:80", "--port", "53/udp", "--port", "[::1]:9090:90/tcp",
+            "--port", "80:127.0.0.1:8080", "--port", "53:53/udp", "--port", "90:[::1]:9090/tcp",
             "--pid", "pod", "--ipc=host", "img"]
     pod, rest = build_from_flags(argv)
     assert rest == []
@@ -358,7 +358,7 @@ def test_pod_level_flags():
     ([], "no image given"),
     (["busybox", "--set-env", "NOEQUALS"], "app 1 (busybox): --set-env NOEQUALS: expected KEY=VALUE"),
     (["--volume", "v,kind=host,bogus=1", "x"], "--volume v,kind=host,bogus=1: unknown option 'bogus'"),
-    (["--port", "a:80", "x"], "--port a:80: host port: expected an integer"),
+    (["--port", "80:a", "x"], "--port 80:a: invalid host port 'a'"),
     (["--dns", "host", "--dns", "10.0.0.1", "x"], "--dns host: cannot be combined with DNS servers"),
     (["x", "--restart-policy", "always:3"], "app 1 (x): --restart-policy always:3: only on-failure takes"),
     (["x", "--readonly-rootfs=maybe"], "app 1 (x): --readonly-rootfs maybe: expected true or false"),
@@ -417,7 +417,7 @@ def test_volume_and_port_flag_forms():
     t = parse_volume_flag("t,kind=tmpfs,size=64Mi,mode=1777,uid=1,gid=2")
     assert (t.size, t.mode, t.uid, t.gid) == (64 << 20, "1777", 1, 2)
     assert parse_volume_flag("plain").kind == "host"  # rkt's default kind
-    p = parse_port_flag("8080:80")
+    p = parse_port_flag("80:8080")  # CONTAINERPORT:HOSTPORT, as rkt
     assert (p.host_ip, p.host_port, p.container_port, p.protocol) == (None, 8080, 80, "tcp")
 
 
