@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m compileall -q core  # the CLI starts faster where PYTHONDONTWRITEBYTECODE is set
 	touch $@
 
 test: deps
