@@ -30,19 +30,8 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 from support import images as _images  # noqa: E402
-from support.registry import FaultProxy, Registry, REGISTRY_BIN, process_gone  # noqa: E402
+from support.registry import REGISTRY_BIN, REGISTRY_REPOS, FaultProxy, Registry, process_gone  # noqa: E402
 
-# repo in the registry -> key in TestImages.images; all tagged "latest".
-REGISTRY_REPOS = {
-    "test/busybox": "busybox",
-    "test/layered": "layered",
-    "test/layered-zstd": "layered_zstd",
-    "test/layered-none": "layered_none",
-    "test/configured": "configured",
-    "test/multiarch": "multiarch",
-    "test/busybox-docker": "busybox_docker",
-    "test/multiarch-docker": "multiarch_docker",
-}
 
 
 def pytest_collection_modifyitems(config, items):

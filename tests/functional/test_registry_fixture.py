@@ -17,7 +17,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import REGISTRY_REPOS
+from support.registry import REGISTRY_REPOS
 from support import images as im
 from support.registry import (Credentials, FaultProxy, Registry, RegistryClient, RegistryError,
                               TokenServer, parse_challenge, process_gone)

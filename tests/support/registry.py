@@ -1168,3 +1168,16 @@ class FaultProxy:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# repo in the registry -> key in TestImages.images; all tagged "latest".
+REGISTRY_REPOS = {
+    "test/busybox": "busybox",
+    "test/layered": "layered",
+    "test/layered-zstd": "layered_zstd",
+    "test/layered-none": "layered_none",
+    "test/configured": "configured",
+    "test/multiarch": "multiarch",
+    "test/busybox-docker": "busybox_docker",
+    "test/multiarch-docker": "multiarch_docker",
+}
