@@ -4,6 +4,12 @@ The one file is ``$PYPOD_CONFIG_DIR/pypod.toml`` (default ``/etc/pypod/pypod.tom
 
     data_dir = "/var/lib/pypod"
     auth_file = "/etc/pypod/auth.json"      # Docker-style {"auths": {...}}
+    runtime = "crun"                        # default OCI runtime (else probed: crun, then runc)
+    log_size_max = "10MiB"                  # apps' CRI logs are truncated past this size
+
+    [network]
+    plugin_dirs = ["/usr/lib/cni", "/opt/cni/bin"]
+    default_subnet = "172.30.0.0/16"
 
     [limits]
     max_layer_unpacked = "64GiB"            # per layer, against decompression bombs
@@ -84,6 +90,8 @@ class Config:
     registries: list[RegistryConfig] = field(default_factory=list)
     pull_concurrency: int = 4
     runtime: str | None = None
+    log_size_max: int | None = None         # apps' CRI logs are truncated past this (conmon)
+    network: dict = field(default_factory=dict)  # [network]: plugin_dirs, default_subnet
 
     def registry_for(self, name: str) -> RegistryConfig | None:
         """The registry entry whose prefix matches ``name`` (host/path), longest prefix first."""
@@ -118,7 +126,8 @@ def _apply_file(cfg: Config, path: Path) -> None:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"{path}: {e}") from None
-    known = {"data_dir", "auth_file", "limits", "registry", "pull_concurrency", "runtime"}
+    known = {"data_dir", "auth_file", "limits", "registry", "pull_concurrency", "runtime", "log_size_max",
+             "network"}
     unknown = set(raw) - known
     if unknown:
         raise UsageError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
@@ -130,6 +139,13 @@ def _apply_file(cfg: Config, path: Path) -> None:
         cfg.pull_concurrency = max(1, int(raw["pull_concurrency"]))
     if "runtime" in raw:
         cfg.runtime = str(raw["runtime"])
+    if "log_size_max" in raw:
+        cfg.log_size_max = parse_size(raw["log_size_max"]) or None
+    if "network" in raw:
+        unknown_net = set(raw["network"]) - {"plugin_dirs", "default_subnet"}
+        if unknown_net:
+            raise UsageError(f"{path}: unknown [network] setting(s): {', '.join(sorted(unknown_net))}")
+        cfg.network = dict(raw["network"])
     for key, value in raw.get("limits", {}).items():
         if not hasattr(cfg.limits, key):
             raise UsageError(f"{path}: unknown limit {key!r}")

@@ -170,6 +170,7 @@ class Engine:
             img = self.resolve_image(app.image, pull=pull, progress=progress)
             app.image_id = img.id
             images.append(img)
+        self._resolve_named_ports(manifest, images)
         manifest.validate()
         locked = self.pods.create(manifest, uuid=uuid)
         failpoint("create")
@@ -183,6 +184,23 @@ class Engine:
             locked.abort()
             raise
         return locked
+
+    def _resolve_named_ports(self, manifest: PodManifest, images: Sequence["Image"]) -> None:
+        """rkt's ``--port NAME:[HOSTIP:]HOSTPORT``: NAME (``80-tcp``) is a port the apps' images
+        declare (``ExposedPorts``); fill in its number and protocol, keep the name."""
+        if not any(p.name and not p.container_port for p in manifest.ports):
+            return
+        from ..network.ports import exposed_port_names, resolve_port
+        from .manifest import Port
+
+        declared: dict[str, tuple[int, str]] = {}
+        for img in images:
+            declared.update(exposed_port_names(self.images.image_config(img).config.get("ExposedPorts")))
+        for i, p in enumerate(manifest.ports):
+            if p.name and not p.container_port:
+                m = resolve_port(p, declared)
+                manifest.ports[i] = Port(container_port=m.container_port, protocol=m.protocol,
+                                         host_port=m.host_port, host_ip=m.host_ip, name=p.name)
 
     # -- starting -------------------------------------------------------------------------------
     def _flavor(self, manifest: PodManifest) -> "Stage1":
@@ -295,7 +313,7 @@ class Engine:
                        gid=ident.gid, additional_gids=ident.additional_gids, terminal=proc.tty,
                        readonly_rootfs=app.readonly_rootfs, mounts=mounts, resources=resources,
                        oom_score_adj=app.oom_score_adj, annotations=dict(app.annotations))
-        return AppConfig(name=app.name, spec=spec, stdin=proc.stdin)
+        return AppConfig(name=app.name, spec=spec, stdin=proc.stdin, log_size_max=self.config.log_size_max)
 
     def _volume_mount(self, pod: Pod, manifest: PodManifest, m: Any):
         from ..stage1.spec import Mount

@@ -418,3 +418,24 @@ def test_killed_at_any_step_then_gc_leaves_nothing(pods: Pypod, runtime: str, po
     pods("gc", "--grace-period", "0s", "--expire-prepared", "0s")  # a second pass finds nothing more
     assert pods("list", "--format", "json").json() == []
     # the pods fixture then fails the test on any leaked mount, process, netns, veth, rule or cgroup
+
+
+def test_logs_are_bounded_by_the_configured_size(pods: Pypod, runtime: str) -> None:
+    pods.configure('log_size_max = "4KiB"\n')
+    run(pods, runtime, "busybox", *sh("i=0; while [ $i -lt 1000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxx; "
+                                      "i=$((i+1)); done"), check=True)
+    uuid = pods("list", "--format", "json").json()[0]["uuid"]
+    log = next(pods.data_dir.glob(f"pods/*/{uuid}/stage1/apps/busybox/ctr.log"))
+    assert log.stat().st_size <= 4096 + 200  # conmon truncates once a write crosses the limit
+    assert pods("logs", uuid).out.splitlines()[-1] == "line-999-xxxxxxxxxxxxxxxxxxxx"
+
+
+def test_attach_streams_output_and_takes_input(pods: Pypod, runtime: str) -> None:
+    uuid = pods("app", "sandbox", "--net=none", f"--runtime={runtime}").out.strip()
+    pods("app", "add", uuid, "busybox", "--name", "echo", "--stdin",
+         *sh("while read l; do echo \"echo:$l\"; [ \"$l\" = quit ] && exit 0; done"))
+    pods("app", "start", uuid, "--app", "echo")
+    r = pods("app", "attach", uuid, "--app", "echo", input="one\nquit\n", timeout=30)
+    assert r.out == "echo:one\necho:quit\n"
+    wait_for(lambda: app_of(status(pods, uuid), "echo")["state"] == "exited", what="the app to exit")
+    pods("stop", uuid)
