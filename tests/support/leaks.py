@@ -1,5 +1,8 @@
 """What pods leave on the machine: processes, mounts, network namespaces, veths, iptables rules,
-cgroups. Tests snapshot before and compare after; anything new is a leak."""
+cgroups. Tests snapshot before and compare after; anything new is a leak.
+
+With ``ids`` (the pods' UUIDs) only what names one of them counts, so that other test runs on the
+same machine (developers run several at once) are not mistaken for this test's leaks."""
 
 from __future__ import annotations
 
@@ -77,18 +80,37 @@ class Snapshot:
         return cls(runtime_processes(), mounts("/run/pypod", *mount_prefixes), netns(), veths(), iptables(),
                    cgroups())
 
-    def new_since(self, before: "Snapshot") -> dict[str, set[str]]:
-        return {k: v - getattr(before, k) for k, v in self.__dict__.items() if v - getattr(before, k)}
+    def new_since(self, before: "Snapshot", ids: set[str] | None = None) -> dict[str, set[str]]:
+        out = {}
+        for k, v in self.__dict__.items():
+            new = v - getattr(before, k)
+            if ids is not None:
+                new = {item for item in new if k != "veths" and any(i in _describe(k, item) for i in ids)}
+            if new:
+                out[k] = new
+        return out
 
 
-def leaked(before: Snapshot, *mount_prefixes: str, settle: float = 5.0) -> dict[str, set[str]]:
+def _describe(kind: str, item: str) -> str:
+    if kind == "procs":
+        pid = item.split()[0]
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return item + " " + f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return item
+    return item
+
+
+def leaked(before: Snapshot, *mount_prefixes: str, ids: set[str] | None = None,
+           settle: float = 5.0) -> dict[str, set[str]]:
     """What is new since ``before``; processes get ``settle`` seconds to finish exiting."""
     from pypod.stage1 import conmon
 
     deadline = time.monotonic() + settle
     while True:
         conmon.reap_adopted()
-        found = Snapshot.take(*mount_prefixes).new_since(before)
+        found = Snapshot.take(*mount_prefixes).new_since(before, ids)
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
