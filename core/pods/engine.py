@@ -626,6 +626,35 @@ class Engine:
                                    exited=pod.exited))
         return out
 
+    def stats(self, ref: str, app: str | None = None) -> dict[str, Any]:
+        """Resource usage from the cgroups: of one app, or of the whole pod (every app plus infra).
+        Keys: cpu_usage_ns, memory_usage, memory_max_usage, memory_limit, pids, oom_kills."""
+        from ..stage1 import cgroups
+
+        pod = self.pods.get(ref)
+        manifest = pod.manifest()
+        if app is not None:
+            self._need_app(pod, manifest, app)
+            path = cgroups.app_path(pod.uuid, app)
+        else:
+            path = cgroups.pod_path(pod.uuid)
+        st = cgroups.stats(path)
+        return {"cpu_usage_ns": st.cpu_usage_ns, "memory_usage": st.memory_usage,
+                "memory_max_usage": st.memory_max_usage, "memory_limit": st.memory_limit,
+                "pids": st.pids, "oom_kills": st.oom_kills, "timestamp_ns": time.time_ns()}
+
+    def create_network(self, name: str, networks: Sequence[Any] | None = None, ports: Sequence[Any] = ()) -> Any:
+        """A named network namespace with its CNI attachments that several pods can join (Nomad's
+        CreateNetwork, CRI sandboxes); returns its NetworkStatus (``.netns`` is the path)."""
+        from .. import network
+
+        return network.create_shared(name, networks, ports=ports, settings=self._net_settings())
+
+    def destroy_network(self, name: str) -> bool:
+        from .. import network
+
+        return network.destroy_shared(name, settings=self._net_settings())
+
     def exit_code(self, pod: Pod) -> int | None:
         return _pod_exit_code(self.info(pod).apps)
 
