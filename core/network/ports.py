@@ -8,29 +8,40 @@ Syntax (rkt's order: the pod side first)::
 A NAME is resolved from the image's declared ports: an OCI/Docker ``ExposedPorts`` key ``80/tcp`` is
 named ``80-tcp`` (rkt's convention), and explicit ``{name: (port, protocol)}`` entries are accepted
 too. A host IP of ``0.0.0.0`` or ``::`` means all addresses (the default).
+
+The pod engine learns the declared ports only once the images are resolved: the flags are parsed
+with ``parse_port(spec, resolve=False)``, which keeps a NAME unresolved (``container_port`` 0,
+``name`` set), and :func:`resolve_port` completes it against the images' ``ExposedPorts`` at prepare
+time. Both go through the same lookup, so the syntax and the messages are the same either way.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from ..errors import UsageError
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 _PORT_KEY_RE = re.compile(r"(\d+)(?:/([A-Za-z]+))?\Z")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 
 
 @dataclass(frozen=True)
 class PortMapping:
     """Field-compatible with the pod manifest's ``Port``."""
 
-    container_port: int
-    protocol: str = "tcp"
+    container_port: int             # 0 while a named port is unresolved
+    protocol: str = "tcp"           # "" for a named port whose protocol was not given
     host_port: int = 0
     host_ip: str | None = None
+    name: str | None = field(default=None, compare=False)  # the image-declared port it names
+
+    @property
+    def resolved(self) -> bool:
+        return self.container_port > 0
 
     def to_cni(self) -> dict[str, Any]:
         d: dict[str, Any] = {"hostPort": self.host_port, "containerPort": self.container_port,
@@ -41,7 +52,9 @@ class PortMapping:
 
     def __str__(self) -> str:
         host = f"[{self.host_ip}]" if self.host_ip and ":" in self.host_ip else self.host_ip
-        return f"{self.container_port}:{host + ':' if host else ''}{self.host_port}/{self.protocol}"
+        pod_side = self.container_port if self.resolved or not self.name else self.name
+        proto = f"/{self.protocol}" if self.protocol else ""
+        return f"{pod_side}:{host + ':' if host else ''}{self.host_port}{proto}"
 
     @classmethod
     def from_any(cls, p: Any) -> "PortMapping":
@@ -55,10 +68,14 @@ class PortMapping:
     @classmethod
     def _convert(cls, p: Any) -> "PortMapping":
         if isinstance(p, Mapping):
-            return cls(int(p.get("containerPort", 0)), str(p.get("protocol") or "tcp").lower(),
-                       int(p.get("hostPort", 0)), p.get("hostIP") or None)
-        return cls(int(p.container_port), str(p.protocol or "tcp").lower(), int(p.host_port),
-                   getattr(p, "host_ip", None) or None)
+            name = p.get("name") or None
+            cport = int(p.get("containerPort", 0) or 0)
+            return cls(cport, str(p.get("protocol") or ("" if name and not cport else "tcp")).lower(),
+                       int(p.get("hostPort", 0)), p.get("hostIP") or None, name)
+        name = getattr(p, "name", None) or None
+        cport = int(p.container_port or 0)
+        return cls(cport, str(p.protocol or ("" if name and not cport else "tcp")).lower(), int(p.host_port),
+                   getattr(p, "host_ip", None) or None, name)
 
 
 def exposed_port_names(exposed: Mapping[str, Any] | Iterable[str] | None) -> dict[str, tuple[int, str]]:
@@ -95,8 +112,10 @@ def _host_ip(text: str, spec: str) -> str | None:
     return None if ip.is_unspecified else str(ip)
 
 
-def parse_port(spec: str, exposed: Mapping[str, Any] | Iterable[str] | None = None) -> PortMapping:
-    """Parse one ``--port`` value (see the module doc); UsageError naming the problem."""
+def parse_port(spec: str, exposed: Mapping[str, Any] | Iterable[str] | None = None, *,
+               resolve: bool = True) -> PortMapping:
+    """Parse one ``--port`` value (see the module doc); UsageError naming the problem. A NAME is
+    looked up in ``exposed``; with ``resolve=False`` it is kept for :func:`resolve_port`."""
     text = spec.strip()
     proto: str | None = None
     if "/" in text:
@@ -122,17 +141,35 @@ def parse_port(spec: str, exposed: Mapping[str, Any] | Iterable[str] | None = No
     if head.isdigit():
         cport = _port(head, "container port", spec)
         return _validated(PortMapping(cport, proto or "tcp", host_port, host_ip), spec)
+    if not _NAME_RE.match(head):
+        raise UsageError(f"--port {spec}: invalid container port or port name {head!r}")
+    named = PortMapping(0, proto or "", host_port, host_ip, head)
+    return resolve_port(named, exposed, spec) if resolve else named
+
+
+def resolve_port(m: Any, exposed: Mapping[str, Any] | Iterable[str] | None, spec: str | None = None
+                 ) -> PortMapping:
+    """A named mapping (``PortMapping``/manifest ``Port``/CNI dict with ``name`` and no container
+    port) completed from the declared ports ``exposed`` (see :func:`exposed_port_names`); anything
+    else is returned validated. UsageError naming the declared ports when NAME is not one of them."""
+    m = m if isinstance(m, PortMapping) else PortMapping._convert(m)
+    spec = spec or str(m)
+    if m.resolved or not m.name:
+        return _validated(m, spec)
     names = exposed_port_names(exposed)
-    if head not in names:
+    if m.name not in names:
         known = ", ".join(sorted(names)) or "none"
-        raise UsageError(f"--port {spec}: the image declares no port named {head!r} (declared: {known})")
-    cport, nproto = names[head]
-    if proto and proto != nproto:
-        raise UsageError(f"--port {spec}: port {head!r} is {nproto}, not {proto}")
-    return _validated(PortMapping(cport, nproto, host_port, host_ip), spec)
+        raise UsageError(f"--port {spec}: the image declares no port named {m.name!r} (declared: {known})")
+    cport, nproto = names[m.name]
+    if m.protocol and m.protocol != nproto:
+        raise UsageError(f"--port {spec}: port {m.name!r} is {nproto}, not {m.protocol}")
+    return _validated(PortMapping(cport, nproto, m.host_port, m.host_ip, m.name), spec)
 
 
 def _validated(m: PortMapping, spec: str) -> PortMapping:
+    if m.name and not m.resolved:
+        raise UsageError(f"port {spec}: the named port {m.name!r} was not resolved against the image's "
+                         "declared ports")
     if m.protocol not in PROTOCOLS:
         raise UsageError(f"port {spec}: unknown protocol {m.protocol!r}")
     if not 1 <= m.container_port <= 65535:
@@ -144,7 +181,8 @@ def _validated(m: PortMapping, spec: str) -> PortMapping:
             ip = ipaddress.ip_address(m.host_ip)
         except ValueError:
             raise UsageError(f"port {spec}: invalid host IP {m.host_ip!r}") from None
-        return PortMapping(m.container_port, m.protocol, m.host_port, None if ip.is_unspecified else str(ip))
+        return PortMapping(m.container_port, m.protocol, m.host_port, None if ip.is_unspecified else str(ip),
+                           m.name)
     return m
 
 

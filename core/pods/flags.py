@@ -78,14 +78,17 @@ def parse_mount_flag(text: str) -> Mount:
 
 
 def parse_port_flag(text: str) -> Port:
-    """``CONTAINERPORT:[HOSTIP:]HOSTPORT[/tcp|udp|sctp]`` (rkt's order; see pypod.network.ports)."""
+    """``CONTAINERPORT:[HOSTIP:]HOSTPORT[/tcp|udp|sctp]`` or rkt's ``NAME:[HOSTIP:]HOSTPORT`` for a
+    port the image declares (``80-tcp``): kept by name until the engine resolves it against the
+    images at prepare time (see pypod.network.ports)."""
     from ..network.ports import parse_port
 
     try:
-        m = parse_port(text)
+        m = parse_port(text, resolve=False)
     except UsageError as e:  # the caller names the flag and its value
         raise UsageError(str(e).removeprefix(f"--port {text}: ")) from None
-    return Port(container_port=m.container_port, protocol=m.protocol, host_port=m.host_port, host_ip=m.host_ip)
+    return Port(container_port=m.container_port, protocol=m.protocol, host_port=m.host_port, host_ip=m.host_ip,
+                name=m.name)
 
 
 def parse_net_flag(text: str) -> list[Network]:

@@ -21,13 +21,18 @@ JSON keys are camelCase (appc's style); Python attributes are snake_case. A docu
                   "propagation": "rslave"}],
      "hostname": "web-1", "dns": {"servers": ["10.0.0.2"], "search": ["example.org"]},
      "hosts": [{"ip": "10.0.0.5", "hostnames": ["db"]}],
-     "ports": [{"containerPort": 80, "protocol": "tcp", "hostPort": 8080}],
+     "ports": [{"containerPort": 80, "protocol": "tcp", "hostPort": 8080},
+               {"name": "53-udp", "hostPort": 5353}],
      "networks": [{"name": "default"}], "exitPolicy": "all-exited",
      "stage1": "oci", "runtime": null, "mutable": false,
      "annotations": {}, "labels": {}, "isolators": {}}
 
 ``isolators`` (pod and app) is the open slot for capabilities, seccomp, sysctls, privileged and
 user namespaces: a JSON object kept as is, whose entries a later issue validates.
+
+A port given by ``name`` (rkt's ``--port NAME:HOSTPORT``, e.g. ``80-tcp`` for an image's
+``ExposedPorts`` key ``80/tcp``) may omit ``containerPort`` and ``protocol``: the engine fills them
+in from the apps' image configs when it prepares the pod, and keeps the name.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
 _NET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_PORT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
 _HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -264,10 +270,11 @@ class HostsEntry:
 
 @dataclass
 class Port:
-    container_port: int
-    protocol: str = "tcp"
+    container_port: int  # 0: a named port not resolved yet
+    protocol: str = "tcp"  # "": a named port's, from the image
     host_port: int = 0  # 0: not published
     host_ip: str | None = None
+    name: str | None = None  # an image-declared port (80-tcp), resolved at prepare time
 
 
 @dataclass
@@ -520,9 +527,14 @@ def _validate_pod(pod: PodManifest) -> None:
     published: set[tuple[str | None, int, str]] = set()
     for i, pt in enumerate(pod.ports):
         pp = f"ports[{i}]"
-        _check_int(pt.container_port, pp + ".containerPort", 1, 65535)
+        if pt.name is not None and not _PORT_NAME_RE.fullmatch(pt.name):
+            raise _fail(pp + ".name", f"invalid port name {pt.name!r}")
+        if pt.name is not None and not pt.container_port:  # resolved from the images at prepare time
+            _check_choice(pt.protocol or None, pp + ".protocol", PROTOCOLS, optional=True)
+        else:
+            _check_int(pt.container_port, pp + ".containerPort", 1, 65535)
+            _check_choice(pt.protocol, pp + ".protocol", PROTOCOLS)
         _check_int(pt.host_port, pp + ".hostPort", 0, 65535)
-        _check_choice(pt.protocol, pp + ".protocol", PROTOCOLS)
         if pt.host_ip is not None:
             _check_ip(pt.host_ip, pp + ".hostIP")
         if pt.host_port:
@@ -756,10 +768,12 @@ def _pod_from_dict(doc: Any) -> PodManifest:
     pod.hosts_mode = o.s("hostsMode")
     for po in o.objs("ports"):
         cp = po.i("containerPort")
-        if cp is None:
+        name = po.s("name")
+        if cp is None and name is None:
             raise _fail(po.p("containerPort"), "missing")
-        pod.ports.append(Port(container_port=cp, protocol=po.s("protocol", "tcp") or "tcp",
-                              host_port=po.i("hostPort") or 0, host_ip=po.s("hostIP")))
+        proto = po.s("protocol") or ("" if name is not None and not cp else "tcp")
+        pod.ports.append(Port(container_port=cp or 0, protocol=proto, host_port=po.i("hostPort") or 0,
+                              host_ip=po.s("hostIP"), name=name))
         po.done()
     stage1 = o.s("stage1", "oci") or "oci"
     if o.raw("networks") is None:
@@ -856,7 +870,11 @@ def _pod_to_dict(p: PodManifest) -> dict[str, Any]:
     _put(d, "hostsMode", p.hosts_mode)
     ports = []
     for pt in p.ports:
-        pd: dict[str, Any] = {"containerPort": pt.container_port, "protocol": pt.protocol}
+        pd = {"name": pt.name} if pt.name is not None else {}
+        if pt.container_port or pt.name is None:
+            pd["containerPort"] = pt.container_port
+        if pt.protocol:
+            pd["protocol"] = pt.protocol
         if pt.host_port:
             pd["hostPort"] = pt.host_port
         _put(pd, "hostIP", pt.host_ip)
