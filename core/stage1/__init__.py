@@ -174,7 +174,11 @@ def get_flavor(name: str = "oci") -> Stage1:
         from .oci import OciStage1
 
         return OciStage1()
-    raise Stage1Error(f"unknown stage1 flavor {name!r} (available: oci)")
+    if name == "fly":
+        from .fly import FlyStage1
+
+        return FlyStage1()
+    raise Stage1Error(f"unknown stage1 flavor {name!r} (available: oci, fly)")
 
 
 __all__ = ["Stage1", "Stage1Error", "PodConfig", "AppConfig", "AppStatus", "PodStatus",
