@@ -92,6 +92,7 @@ class Config:
     runtime: str | None = None
     log_size_max: int | None = None         # apps' CRI logs are truncated past this (conmon)
     network: dict = field(default_factory=dict)  # [network]: plugin_dirs, default_subnet
+    insecure: frozenset[str] = frozenset()  # checks skipped for this command (--insecure-options)
 
     def registry_for(self, name: str) -> RegistryConfig | None:
         """The registry entry whose prefix matches ``name`` (host/path), longest prefix first."""
@@ -158,6 +159,30 @@ def _apply_file(cfg: Config, path: Path) -> None:
         cfg.registries.append(RegistryConfig(
             prefix=reg["prefix"], location=reg.get("location"), insecure=bool(reg.get("insecure", False)),
             ca_file=reg.get("ca_file"), mirrors=mirrors))
+
+
+# --insecure-options, in rkt's names: what each skips for one command
+INSECURE_OPTIONS = {
+    "image": "image signature verification (the trust policy's \"signed\" rules)",
+    "tls": "TLS certificate verification of registries (still HTTPS)",
+}
+_INSECURE_GROUPS = {"all-fetch": ("image", "tls"), "all": tuple(INSECURE_OPTIONS)}
+
+
+def parse_insecure_options(text: str | None) -> frozenset[str]:
+    """``image,tls`` -> {"image", "tls"}; ``none``, ``all-fetch`` and ``all`` as in rkt."""
+    out: set[str] = set()
+    for word in (w.strip() for w in (text or "").split(",")):
+        if not word or word == "none":
+            continue
+        if word in _INSECURE_GROUPS:
+            out.update(_INSECURE_GROUPS[word])
+        elif word in INSECURE_OPTIONS:
+            out.add(word)
+        else:
+            known = ", ".join(["none", *INSECURE_OPTIONS, *_INSECURE_GROUPS])
+            raise UsageError(f"--insecure-options: unknown option {word!r} (known: {known})")
+    return frozenset(out)
 
 
 def parse_duration(value: str) -> float:

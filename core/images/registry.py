@@ -17,7 +17,8 @@ containers' ``insecure`` give: HTTPS without certificate verification is tried f
 ``/v2/`` probe per host) and plain HTTP is used when the TLS handshake fails. Nothing else ever
 speaks plain HTTP: redirects to ``http://`` are refused for secure endpoints, and credentials
 are never sent to an ``http://`` token realm on behalf of a secure endpoint. Proxy environment
-variables are not consulted.
+variables are not consulted. ``--insecure-options=tls`` (``config.insecure``) turns certificate
+verification off for every endpoint of that one command, still over HTTPS.
 
 Authentication. Anonymous first; on ``401`` the ``WWW-Authenticate`` challenge decides: Basic
 sends the credentials found for the host actually contacted (a mirror's own host, see
@@ -142,11 +143,13 @@ class RegistryEndpoint:
     insecure: bool = False
     ca_file: str | None = None
     mirror: bool = False
+    skip_verify: bool = False     # --insecure-options=tls: HTTPS without certificate checks
 
     @property
     def tls(self) -> tuple[bool, str | None]:
         """(verify certificates?, extra CA file): the key of the connection pool to use."""
-        return (not self.insecure, None if self.insecure else self.ca_file)
+        verify = not (self.insecure or self.skip_verify)
+        return (verify, self.ca_file if verify else None)
 
     def __str__(self) -> str:
         return f"{self.host}/{self.path}"
@@ -155,17 +158,20 @@ class RegistryEndpoint:
 def resolve_endpoints(config: Config, ref: Reference) -> list[RegistryEndpoint]:
     """The endpoints to try for ``ref``, in order: the configured mirrors, then the origin."""
     reg = config.registry_for(ref.repository)
+    skip = "tls" in config.insecure
     if reg is None:
-        return [_endpoint(ref.repository, insecure=False, ca_file=None, mirror=False)]
+        return [_endpoint(ref.repository, insecure=False, ca_file=None, mirror=False, skip_verify=skip)]
     rest = ref.repository[len(reg.prefix.rstrip("/")):]  # "" or "/more/path"
-    endpoints = [_endpoint(m.location.rstrip("/") + rest, insecure=m.insecure, ca_file=m.ca_file, mirror=True)
+    endpoints = [_endpoint(m.location.rstrip("/") + rest, insecure=m.insecure, ca_file=m.ca_file, mirror=True,
+                           skip_verify=skip)
                  for m in reg.mirrors]
     endpoints.append(_endpoint((reg.location or reg.prefix).rstrip("/") + rest, insecure=reg.insecure,
-                               ca_file=reg.ca_file, mirror=False))
+                               ca_file=reg.ca_file, mirror=False, skip_verify=skip))
     return endpoints
 
 
-def _endpoint(name: str, *, insecure: bool, ca_file: str | None, mirror: bool) -> RegistryEndpoint:
+def _endpoint(name: str, *, insecure: bool, ca_file: str | None, mirror: bool,
+              skip_verify: bool = False) -> RegistryEndpoint:
     if "://" in name:
         raise UsageError(f"registry location {name!r}: write host[:port][/path], without a scheme")
     host, _, path = name.partition("/")
@@ -175,7 +181,7 @@ def _endpoint(name: str, *, insecure: bool, ca_file: str | None, mirror: bool) -
         host = DOCKER_HUB_API_HOST
         if "/" not in path:
             path = f"library/{path}"
-    return RegistryEndpoint(host, path, insecure, ca_file, mirror)
+    return RegistryEndpoint(host, path, insecure, ca_file, mirror, skip_verify)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from ..config import Config
 from ..errors import Conflict, ImageError, NotFound, UsageError
 from ..lock import locked, stripe
 from . import manifest as mf
-from . import reference
+from . import reference, trust
 from .content import ContentStore, sha256_bytes
 from .metadata import Image, Layer, Metadata
 from .snapshots import Snapshots
@@ -153,8 +153,10 @@ class ImageStore:
 
         r = reference.parse(ref)
         want = mf.parse_platform(platform)
+        gate = trust.Gate(self.config, r)  # a "reject" rule refuses before anything is fetched
         with self._writing(), RegistryClient(self.config, auths) as client:
             top = client.get_manifest(r, mf.ACCEPT)
+            gate.verify(client, top.digest)  # signatures, before any of the image is stored
             doc = mf.parse(top.data, top.media_type)
             extra = []
             if isinstance(doc, mf.Index):
@@ -173,7 +175,8 @@ class ImageStore:
     # -- local sources ----------------------------------------------------------------------
     def import_source(self, spec: str, *, name: str | None = None, platform: str | None = None,
                       progress: Progress | None = None) -> Image:
-        """Import from ``oci:DIR[:REF]``, ``oci-archive:FILE[:REF]`` or ``docker-archive:FILE[:REF]``."""
+        """Import from ``oci:DIR[:REF]``, ``oci-archive:FILE[:REF]`` or ``docker-archive:FILE[:REF]``.
+        Local sources are not signature-checked; a trust policy that rejects their name refuses them."""
         from . import sources
 
         kind, _, rest = spec.partition(":")
@@ -184,7 +187,7 @@ class ImageStore:
         with self._writing():
             if kind == "docker-archive":
                 src = sources.DockerArchive(Path(path), self.config.limits)
-                return self._ingest_docker(src, ref or None, name, want, progress)
+                return self._ingest_docker(src, ref or None, name, want, progress, spec)
             if kind == "oci":
                 layout: sources.Layout = sources.DirLayout(Path(path))
             elif kind == "oci-archive":
@@ -194,6 +197,8 @@ class ImageStore:
                                  "docker-archive:)")
             with layout:
                 desc, ref_name = layout.find(ref or None, self.config.limits)
+                names = [local_name(name)] if name else _layout_names(ref_name, Path(path))
+                trust.check_local(self.config, names, spec)
                 data = layout.read(desc, self.config.limits.max_manifest)
                 extra = []
                 doc = mf.parse(data, desc.media_type)
@@ -202,13 +207,15 @@ class ImageStore:
                     extra.append(desc.digest)
                     desc = mf.select(doc, want)
                     data = layout.read(desc, self.config.limits.max_manifest)
-                names = [local_name(name)] if name else _layout_names(ref_name, Path(path))
                 return self._ingest(layout, data, desc.digest, desc.media_type, names, [], extra, want, progress)
 
     def _ingest_docker(self, src, ref: str | None, name: str | None, want: mf.Platform,
-                       progress: Progress | None) -> Image:
+                       progress: Progress | None, spec: str) -> Image:
         with src:
             entry = src.find(ref)
+            tags = entry.get("RepoTags") or []
+            names = [local_name(name)] if name else [str(reference.parse(t)) for t in tags]
+            trust.check_local(self.config, names, spec)
             config_bytes = src.read_member(entry["Config"], self.config.limits.max_config)
             cfg = mf.parse_config(config_bytes)
             config_digest = self.content.put(config_bytes)
@@ -218,14 +225,13 @@ class ImageStore:
                     layers.append(self._store_stream(f, progress))
             manifest = _oci_manifest(config_digest, len(config_bytes), layers)
             data = json.dumps(manifest, separators=(",", ":")).encode()
-            tags = entry.get("RepoTags") or []
-            names = [local_name(name)] if name else [str(reference.parse(t)) for t in tags]
             return self._ingest(None, data, sha256_bytes(data), mf.OCI_MANIFEST, names, [], [], want, progress)
 
     def import_rootfs(self, tar_path: Path, name: str, progress: Progress | None = None) -> Image:
         """Make a one-layer image from a plain rootfs tarball (``podman import``)."""
         from .unpack import diff_id_of
 
+        trust.check_local(self.config, [local_name(name)], str(tar_path))
         with self._writing():
             with open(tar_path, "rb") as f:
                 blob, size, mtype = self._store_stream(f, progress)
