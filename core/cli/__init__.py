@@ -24,14 +24,16 @@ def build_parser() -> Parser:
     p.add_argument("--dir", help="data directory (default $PYPOD_DIR or /var/lib/pypod)")
     p.add_argument("--config-dir", help="configuration directory (default $PYPOD_CONFIG_DIR or /etc/pypod)")
     p.add_argument("--insecure-options", default="",
-                   help="comma-separated checks to skip for this command: image (signatures), tls")
+                   help="comma-separated checks to skip for this command: image (signatures), tls "
+                        "(certificates), all-fetch, all")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version="pypod " + _version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    from . import images, pods  # argument definitions only: the engine is imported per command
+    from . import images, pods, trust  # argument definitions only: the engine is imported per command
 
     images.register(sub)
     pods.register(sub)
+    trust.register(sub)
     return p
 
 
@@ -76,4 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def config_of(args: argparse.Namespace):
     from .. import config
 
-    return config.load(args.dir, args.config_dir)
+    cfg = config.load(args.dir, args.config_dir)
+    cfg.insecure = config.parse_insecure_options(getattr(args, "insecure_options", ""))
+    return cfg
+
+
+def require_root(what: str) -> None:
+    """Commands that change state are root's; group members only read (as in rkt)."""
+    from ..errors import PermissionDenied
+
+    if os.geteuid() != 0:
+        raise PermissionDenied(f"this command changes {what} and needs root")

@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="docker://REF, REF, oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF]")
         p.add_argument("--platform", help="OS/ARCH[/VARIANT] to select from an index (default: the host's)")
         p.add_argument("--name", help="name for an image from a local source")
+        p.add_argument("--insecure-options", default=argparse.SUPPRESS,
+                       help="checks to skip for this command (as the global flag): image, tls, all-fetch")
         p.set_defaults(handler=cmd_fetch)
 
     fetch_args(sub.add_parser("fetch", help="fetch images into the store"))

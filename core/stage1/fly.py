@@ -737,6 +737,18 @@ class FlyStage1:
             if code is not None:
                 return code
 
+    def enter_argv(self, pod: PodConfig, name: str, args: Sequence[str], *, tty: bool = False) -> list[str]:
+        """``nsenter`` into the app's mount namespace and chroot as its user, with its environment
+        (``env -i`` inside the rootfs), for ``pypod enter`` to exec into with the caller's stdio."""
+        files = self._need_app(pod, name)
+        st = self._app_status(pod, name, files)
+        if st.state != "running" or not st.pid:
+            raise Conflict(f"app {name!r} is not running")
+        with open(os.path.join(files.bundle, "fly.json")) as f:
+            cfg = json.load(f)
+        return ["nsenter", f"--target={st.pid}", "--mount", "--root", f"--wd={cfg['cwd']}",
+                f"--setuid={cfg['uid']}", f"--setgid={cfg['gid']}", "--", "env", "-i", *cfg["env"], *args]
+
     def exec(self, pod: PodConfig, name: str, args: Sequence[str], *,
              env: Mapping[str, str] | None = None, cwd: str | None = None,
              timeout: float | None = None) -> ExecResult:

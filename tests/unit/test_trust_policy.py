@@ -1,4 +1,5 @@
-"""Trust policy matching, key IDs, and the checks on signatures and signed payloads."""
+"""Trust policy matching, key IDs, and the checks on signatures and signed payloads (named apart
+from tests/functional/test_trust.py: test basenames are unique in this tree)."""
 
 from __future__ import annotations
 
