@@ -439,3 +439,16 @@ def test_attach_streams_output_and_takes_input(pods: Pypod, runtime: str) -> Non
     assert r.out == "echo:one\necho:quit\n"
     wait_for(lambda: app_of(status(pods, uuid), "echo")["state"] == "exited", what="the app to exit")
     pods("stop", uuid)
+
+
+def test_fly_pods_run_in_the_host_namespaces(pods: Pypod) -> None:
+    host_net = os.readlink("/proc/self/ns/net")
+    r = pods("run", "--stage1=fly", "busybox", *sh("readlink /proc/self/ns/net; echo err >&2; exit 4"), check=False)
+    assert r.rc == 4 and r.out == f"{host_net}\n" and r.err == "err\n"
+    uuid = pods("run", "-d", "--stage1=fly", "busybox", *sh("sleep 1000")).out.strip()
+    pods("status", "--wait-ready=10s", uuid)
+    assert pods("enter", uuid, "sh", "-c", "echo in-fly; id -u").out == "in-fly\n0\n"
+    r = pods("run", "--stage1=fly", "busybox", *sh("true"), "---", "busybox", *sh("true"), check=False)
+    assert r.rc == 2 and "fly" in r.err
+    pods("stop", "--grace-period", "1s", uuid)
+    assert app_of(status(pods, uuid), "busybox")["exit_code"] in (137, 143)
