@@ -306,8 +306,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(info.to_dict())
         return 0
     lines = [f"state={info.state}", f"created={human_time(info.created)}", f"started={human_time(info.started)}"]
-    if info.ip:
-        lines.append(f"networks={','.join(n['name'] + ':ip4=' + ','.join(n['ips']) for n in info.networks)}")
+    if info.networks:  # rkt's form: networks=default:ip4=172.16.28.7[,NAME:ip6=...]
+        addrs = [f"{n['name']}:ip{6 if ':' in ip else 4}={ip.split('/')[0]}" for n in info.networks for ip in n["ips"]]
+        if addrs:
+            lines.append(f"networks={','.join(addrs)}")
     if info.exited:
         lines.append(f"exited={human_time(info.exited)}")
     if info.exit_code is not None:

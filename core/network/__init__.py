@@ -38,8 +38,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import Conflict, NotFound, PypodError, UsageError
 from .cni import (CNI, DEFAULT_PLUGIN_PATHS, DNS, ConfigError, NetworkConfig, NetworkError,
-                  PluginError, PluginNotFound, Result, RuntimeConf, find_network, load_networks,
-                  parse_config, valid_name)
+                  PluginError, PluginNotFound, Result, RuntimeConf, check_plugins, find_network,
+                  load_networks, parse_config, valid_name)
 from .ports import PortMapping, check_ports, parse_port, parse_ports
 
 __all__ = [
@@ -408,6 +408,12 @@ def attach(pod_id: str, netns_path: str | os.PathLike | None, networks: Sequence
     if mode == "none" and port_list:
         raise UsageError("--port needs a CNI network (not --net=none)")
     resolved = _resolve(reqs, s) if mode == "cni" else []
+    for _, conf in resolved:  # a missing plugin fails here, before any ADD has created something
+        check_plugins(conf, s.plugin_paths)
+    if resolved:
+        from . import bridgemac
+
+        bridgemac.repair(b for _, conf in resolved for b in bridgemac.bridges_of(conf.plugins))
     target = -1
     if port_list:
         target = next((i for i, (_, n) in enumerate(resolved) if "portMappings" in n.capabilities), -1)

@@ -230,6 +230,21 @@ def find_plugin(plugin: str, paths: Sequence[str | os.PathLike]) -> Path:
     raise PluginNotFound(f"CNI plugin {plugin!r} not found in {':'.join(map(str, paths)) or '(no path)'}")
 
 
+def check_plugins(net: NetworkConfig, paths: Sequence[str | os.PathLike]) -> None:
+    """PluginNotFound (naming the network, its file and the plugin) unless every plugin of ``net``
+    and every IPAM plugin they delegate to is in ``paths``: checked before an ADD, so a network
+    naming a missing plugin fails before its first plugin creates anything (a bridge plugin's
+    bridge, host-local's directory stay even after a DEL)."""
+    for plugin in net.plugins:
+        ipam = plugin.get("ipam")
+        for ptype in (plugin["type"], ipam.get("type") if isinstance(ipam, Mapping) else None):
+            if isinstance(ptype, str) and ptype:
+                try:
+                    find_plugin(ptype, paths)
+                except PluginNotFound as e:
+                    raise PluginNotFound(f"{net.label()}: {e}") from None
+
+
 # -- results --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
