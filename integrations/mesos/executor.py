@@ -358,15 +358,20 @@ class PodExecutor(Executor):
         eng = self.engine()
         error = None
         try:
+            for d in plan.dirs:
+                os.makedirs(d, exist_ok=True)
             for tp in plan.tasks:
                 os.makedirs(tp.sandbox, exist_ok=True)
                 for stream in ("stdout", "stderr"):
                     Path(tp.sandbox, stream).touch()
+            resolved: dict[tuple[str, str], Any] = {}
             for app in plan.manifest.apps:
                 if self._killed_before_start(pod):
                     return
-                img = eng.resolve_image(app.image, pull=plan.pulls.get(app.name, "new"))
-                app.image_id = img.id
+                key = (app.image, plan.pulls.get(app.name, "new"))
+                if key not in resolved:
+                    resolved[key] = eng.resolve_image(key[0], pull=key[1])
+                app.image_id = resolved[key].id
         except (PypodError, OSError) as e:
             error = f"Failed to fetch image: {e}"
         if error is None and not self._killed_before_start(pod):
@@ -385,7 +390,7 @@ class PodExecutor(Executor):
                 self.pods.pop(pod.uuid, None)
             return
         try:
-            pod.info = eng.status(pod.uuid)
+            pod.info = eng.info(eng.pods.get(pod.uuid))  # from the files: no runtime call
             paths = eng.log_paths(pod.uuid)
         except PypodError as e:
             log.warning("pod %s: %s", pod.uuid, e)

@@ -77,6 +77,7 @@ class PodPlan:
     tasks: list[TaskPlan]
     pulls: dict[str, str] = field(default_factory=dict)  # app -> pull policy (new | update)
     group: bool = False
+    dirs: list[str] = field(default_factory=list)  # sandbox directories to create before the pod
 
 
 # -- small readers of the v1 JSON ----------------------------------------------------------------
@@ -201,7 +202,14 @@ def plan_pod(tasks: list[dict], executor_info: dict | None, sandbox: str, *, gro
     if hostname:
         manifest.hostname = hostname
     _finish(manifest, framework_id, executor_id)
+    plan.dirs = _sandbox_dirs(manifest, sandbox)
     return plan
+
+
+def _sandbox_dirs(manifest: PodManifest, sandbox: str) -> list[str]:
+    root = os.path.join(sandbox, "")
+    return [v.source for v in manifest.volumes if v.kind == "host" and v.source
+            and (v.source + "/").startswith(root)]
 
 
 def _plan_whole(task: dict, manifest: PodManifest, sandbox: str, framework_id: str, executor_id: str) -> PodPlan:
@@ -218,6 +226,7 @@ def _plan_whole(task: dict, manifest: PodManifest, sandbox: str, framework_id: s
         kill_grace=DEFAULT_KILL_GRACE if grace is None else grace, sandbox=sandbox)])
     plan.pulls = {a.name: "new" for a in manifest.apps}
     _finish(manifest, framework_id, executor_id)
+    plan.dirs = _sandbox_dirs(manifest, sandbox)
     return plan
 
 
@@ -331,7 +340,7 @@ def _volume(manifest: PodManifest, app: App, vol: dict, where: str, exec_sandbox
 def _add_sandbox(manifest: PodManifest, app: App, sandbox: str, tid: str) -> None:
     key = f"sandbox-{app.name}"[:63].rstrip("._-")
     manifest.volumes.append(Volume(name=key, kind="host", source=sandbox))
-    app.mounts.append(Mount(volume=key, target=SANDBOX_MOUNT))
+    app.mounts.insert(0, Mount(volume=key, target=SANDBOX_MOUNT))  # before volumes inside it
     app.env["MESOS_SANDBOX"] = SANDBOX_MOUNT
 
 
