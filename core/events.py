@@ -176,6 +176,8 @@ class EventLog:
                     cur = None
                 if cur is None or (cur.st_ino, cur.st_dev) != (st.st_ino, st.st_dev):
                     continue  # rotated while we waited for the lock: write to the new file
+                if st.st_size == 0 and os.geteuid() == 0:
+                    self._share(fd, st)
                 stamp = format_time(time.time_ns())
                 line = f'{{"time":"{stamp}","type":{head}' + ("," + tail if len(tail) > 1 else "}") + "\n"
                 data = line.encode()
@@ -193,6 +195,15 @@ class EventLog:
                 return ev
             finally:
                 os.close(fd)
+
+    def _share(self, fd: int, st: os.stat_result) -> None:
+        """A new log gets the data dir's group: its members read events (see pypod.access)."""
+        try:
+            gid = os.stat(self.dir).st_gid
+        except OSError:
+            return
+        if gid != st.st_gid:
+            os.fchown(fd, -1, gid)
 
     # -- reading --------------------------------------------------------------------------
     def _open_pair(self) -> tuple[int | None, int | None]:

@@ -29,11 +29,12 @@ def build_parser() -> Parser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version="pypod " + _version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    from . import images, pods, trust  # argument definitions only: the engine is imported per command
+    from . import images, pods, setup, trust  # argument definitions only: the engine is imported per command
 
     images.register(sub)
     pods.register(sub)
     trust.register(sub)
+    setup.register(sub)
     return p
 
 
@@ -71,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if args.debug:
             raise
-        print(f"pypod: {e}", file=sys.stderr)
+        hint = ""
+        if isinstance(e, PermissionError) and os.geteuid() != 0:
+            hint = " (members of the data dir's group may read pods, images and events: see `pypod setup`)"
+        print(f"pypod: {e}{hint}", file=sys.stderr)
         return ENGINE_ERROR
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import config_of
+from . import config_of, require_root
 
 LOCAL_SOURCES = ("oci:", "oci-archive:", "docker-archive:")
 
@@ -90,6 +90,7 @@ def _store(args: argparse.Namespace):
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .output import PullProgress
 
+    require_root("images")
     store = _store(args)
     for spec in args.images:
         progress = PullProgress()
@@ -144,6 +145,7 @@ def cmd_cat_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
+    require_root("images")
     img = _store(args).tag(args.image, args.name)
     print(img.id)
     return 0
@@ -152,6 +154,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def cmd_rm(args: argparse.Namespace) -> int:
     from ..errors import PypodError
 
+    require_root("images")
     store = _store(args)
     failed = 0
     for name in args.images:
@@ -169,6 +172,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from ..config import parse_duration
     from .output import human_size
 
+    require_root("images")
     report = _store(args).gc(parse_duration(args.grace_period))
     for image_id in report.images:
         print(f"removed image {image_id}")
@@ -212,6 +216,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .output import PullProgress
 
+    require_root("images")
     img = _store(args).import_rootfs(Path(args.tarball), args.name, progress=PullProgress())
     print(img.id)
     return 0

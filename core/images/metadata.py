@@ -2,12 +2,22 @@
 
 WAL mode lets readers (``image list``) run while a pull writes; every change is one transaction,
 so an image becomes visible only once all its blobs and snapshots are in place.
+
+Readers without write access (members of the data dir's group, see :mod:`pypod.access`) open
+the database read-only. SQLite lets a read-only connection read a WAL database only if the
+``-wal`` and ``-shm`` files exist (it cannot create them in a directory it may not write), yet
+by default the last connection to close deletes them. So writers keep them
+(``SQLITE_FCNTL_PERSIST_WAL``, see :func:`_keep_wal`), and the database is created 0640 with the
+data dir's group, which SQLite passes on to ``-wal`` and ``-shm``. With a read-only ``-shm``,
+SQLite rebuilds the WAL index in the reader's memory: a reader never writes anything.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,13 +114,28 @@ class Metadata:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
+            if self.path.exists() and not os.access(self.path, os.W_OK):  # a reader in the data dir's group
+                db = sqlite3.connect(self.path.absolute().as_uri() + "?mode=ro", uri=True, timeout=30,
+                                     isolation_level=None, check_same_thread=False)
+                try:
+                    db.execute("PRAGMA user_version").fetchone()
+                except sqlite3.OperationalError as e:
+                    db.close()
+                    from ..errors import PermissionDenied
+
+                    raise PermissionDenied(f"cannot read {self.path} without write access ({e}): its -wal and -shm "
+                                           f"files must exist; `pypod setup` (as root) makes them") from None
+                self._db = db
+                return db
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            _keep_wal(db, self.path)
             db.execute("PRAGMA foreign_keys = ON")
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 # Switching to WAL ignores the busy timeout: first users serialize on a file lock.
                 with locked(self.path.with_name(self.path.name + ".lock")):
                     if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                        self._share_new()  # before the WAL switch: -wal and -shm take its mode and group
                         db.execute("PRAGMA journal_mode = WAL")
                         db.executescript(_SCHEMA)
                         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -121,6 +146,15 @@ class Metadata:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def _share_new(self) -> None:
+        """A new database is 0640, with the data dir's group when root makes it."""
+        from ..access import shared_gid
+
+        os.chmod(self.path, 0o640)
+        gid = shared_gid(self.path.parent)
+        if gid is not None:
+            os.chown(self.path, -1, gid)
 
     def _tx(self) -> "_Tx":
         return _Tx(self.db)
@@ -235,6 +269,47 @@ class Metadata:
 
     def names_iter(self) -> Iterator[tuple[str, str]]:
         yield from self.db.execute("SELECT name, image_id FROM names ORDER BY name")
+
+
+def _keep_wal(db: sqlite3.Connection, path: Path) -> bool:
+    """Make ``db`` leave its ``-wal`` and ``-shm`` files in place when it closes, so that readers
+    that may not create them can still open the database. True if that could be arranged.
+
+    Python's sqlite3 has no ``sqlite3_file_control``; it is called through ctypes on the
+    connection's ``sqlite3*`` (the first field of CPython's connection object, 3.8 to 3.13),
+    which is used only once ``sqlite3_db_filename`` confirms that it is this database. Elsewhere
+    Python 3.12's ``setconfig(SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE)`` keeps the files too (the WAL
+    is then checkpointed only by SQLite's automatic checkpoints)."""
+    if sys.implementation.name == "cpython" and (3, 8) <= sys.version_info[:2] <= (3, 13):
+        try:
+            import ctypes
+
+            import _sqlite3
+
+            lib = ctypes.CDLL(_sqlite3.__file__)
+            if not hasattr(lib, "sqlite3_file_control"):
+                lib = ctypes.CDLL("libsqlite3.so.0")
+            lib.sqlite3_libversion.restype = ctypes.c_char_p
+            if lib.sqlite3_libversion().decode() == sqlite3.sqlite_version:
+                handle = ctypes.c_void_p.from_address(id(db) + object.__basicsize__).value
+                lib.sqlite3_db_filename.restype = ctypes.c_char_p
+                lib.sqlite3_db_filename.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+                name = lib.sqlite3_db_filename(handle, b"main") if handle else None
+                if name and os.path.realpath(name.decode()) == os.path.realpath(path):
+                    one = ctypes.c_int(1)
+                    lib.sqlite3_file_control.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
+                                                         ctypes.c_void_p]
+                    if lib.sqlite3_file_control(handle, b"main", _SQLITE_FCNTL_PERSIST_WAL, ctypes.byref(one)) == 0:
+                        return True
+        except (OSError, AttributeError, ImportError, UnicodeDecodeError):
+            pass
+    if hasattr(db, "setconfig") and hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE"):
+        db.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
+        return True
+    return False
+
+
+_SQLITE_FCNTL_PERSIST_WAL = 10
 
 
 class _Tx:

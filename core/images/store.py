@@ -85,7 +85,7 @@ class ImageStore:
     def resolve(self, name: str) -> Image:
         """Find an image by ID (``sha256:...`` or a unique prefix of at least 4 hex digits), by
         name (normalized as Docker does), or by ``repo@digest``."""
-        if not os.path.exists(self.meta.path):
+        if not self._has_db():
             raise NotFound(f"image {name!r} not found (the store is empty)")
         image_id = self._resolve_id(name)
         img = self.meta.get(image_id) if image_id else None
@@ -127,9 +127,18 @@ class ImageStore:
         return None
 
     def list(self) -> list[Image]:
-        if not os.path.exists(self.meta.path):
+        if not self._has_db():
             return []
         return self.meta.images()
+
+    def _has_db(self) -> bool:
+        """Whether the metadata DB exists; PermissionError (not False) when the caller may not
+        look (outside the data dir's group)."""
+        try:
+            os.stat(self.meta.path)
+            return True
+        except FileNotFoundError:
+            return False
 
     def manifest_bytes(self, img: Image) -> bytes:
         return self.content.read(img.manifest_digest, self.config.limits.max_manifest)

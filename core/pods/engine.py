@@ -735,7 +735,7 @@ def _save_manifest(dfd: int, manifest: PodManifest) -> None:
     from .fsutil import write_atomic
     from .state import MANIFEST
 
-    write_atomic(MANIFEST, manifest.validate().to_json().encode(), dir_fd=dfd, mode=0o640)
+    write_atomic(MANIFEST, manifest.validate().to_json().encode(), dir_fd=dfd, mode=0o640, dir_group=True)
 
 
 def _mark_stopping(pod: Pod, name: str) -> None:

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from .. import access
 from ..errors import Conflict, NotFound, UsageError
 from .fsutil import create_marker, marker_time, open_dir, read_file, write_atomic
 
@@ -262,7 +263,7 @@ class Pod:
             m = PodManifest.from_json(read_file(MANIFEST, dir_fd=dfd), validate=False)
             m = fn(m) or m
             m.validate()
-            write_atomic(MANIFEST, m.to_json().encode(), dir_fd=dfd, mode=0o640)
+            write_atomic(MANIFEST, m.to_json().encode(), dir_fd=dfd, mode=0o640, dir_group=True)
             return m
 
     # -- status -----------------------------------------------------------------------------
@@ -364,7 +365,7 @@ class LockedPod(Pod):
         lfd = os.open(MUTATION_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=self.fd)
         try:
             fcntl.flock(lfd, fcntl.LOCK_EX)
-            write_atomic(MANIFEST, data, dir_fd=self.fd, mode=0o640)
+            write_atomic(MANIFEST, data, dir_fd=self.fd, mode=0o640, dir_group=True)
         finally:
             os.close(lfd)
 
@@ -420,6 +421,10 @@ class PodStore:
         if not self._ready:
             for d in DIRS:
                 os.makedirs(os.path.join(self._root, d), mode=0o750, exist_ok=True)
+            gid = access.shared_gid(self.data_dir)
+            if gid is not None:  # the data dir's group reads pods (pypod setup)
+                for d in ("", *DIRS):
+                    access.share(os.path.join(self._root, d), gid, access.DIR_MODE)
             self._ready = True
 
     def _emit(self, type_: str, **attrs: Any) -> None:
@@ -446,6 +451,9 @@ class PodStore:
         os.mkdir(tmp, 0o750)
         fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            gid = access.shared_gid(self.data_dir)
+            if gid is not None:
+                os.fchown(fd, -1, gid)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             create_marker(CREATED_MARK, dir_fd=fd)
             os.close(os.open(MUTATION_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=fd))
