@@ -236,7 +236,7 @@ class PodExecutor(Executor):
         terminal one)."""
         if task.terminal or self.driver is None:
             return
-        if state == "TASK_KILLING" and (not self.killing_capable or task.state == "TASK_KILLING"):
+        if state == "TASK_KILLING" and (not self.killing_capable or task.state in (None, "TASK_KILLING")):
             return
         status: dict[str, Any] = {"task_id": {"value": task.id}, "state": state}
         if reason:
@@ -318,41 +318,49 @@ class PodExecutor(Executor):
 
     # -- launching --------------------------------------------------------------------------------
     def _accept(self, infos: list[dict], group: bool) -> None:
+        """Register the tasks at once (a KILL right behind the LAUNCH must find them), launch in
+        a thread."""
         with self._lock:
             if self._shutting_down:
                 log.warning("LAUNCH while shutting down: ignored")
                 return
+            pod = PodRun(uuid=str(uuid_mod.uuid4()), group=group)
+            for info in infos:
+                grace = mapping.grace_of(info.get("kill_policy"))
+                t = Task(id=info["task_id"]["value"], info=info, apps=[], sandbox="", pod=pod,
+                         kill_grace=mapping.DEFAULT_KILL_GRACE if grace is None else grace)
+                pod.tasks.append(t)
+                self.tasks[t.id] = t
             self._launching += 1
             self._launched_any = True
-        self._spawn(self._launch, infos, group, name="mesos-launch")
+        self._spawn(self._launch, pod, infos, name="mesos-launch")
 
-    def _launch(self, infos: list[dict], group: bool) -> None:
+    def _launch(self, pod: PodRun, infos: list[dict]) -> None:
         try:
-            self._launch_inner(infos, group)
+            self._launch_inner(pod, infos)
         finally:
             with self._lock:
                 self._launching -= 1
             self._maybe_exit()
 
-    def _launch_inner(self, infos: list[dict], group: bool) -> None:
-        pod = PodRun(uuid=str(uuid_mod.uuid4()), group=group)
+    def _launch_inner(self, pod: PodRun, infos: list[dict]) -> None:
         try:
-            plan = mapping.plan_pod(infos, self.executor_info, self.sandbox, group=group,
+            plan = mapping.plan_pod(infos, self.executor_info, self.sandbox, group=pod.group,
                                     framework_id=self.framework_id, executor_id=self.executor_id)
         except mapping.InvalidTask as e:
             with self._lock:
-                for info in infos:
-                    t = Task(id=info["task_id"]["value"], info=info, apps=[], kill_grace=0, sandbox="", pod=pod)
-                    self.tasks.setdefault(t.id, t)
-                    self._update(self.tasks[t.id], "TASK_ERROR", reason="REASON_TASK_INVALID", message=str(e))
+                for t in pod.tasks:
+                    self._update(t, "TASK_ERROR", reason="REASON_TASK_INVALID", message=str(e))
+                pod.phase = "gone"
             return
         with self._lock:
-            for tp in plan.tasks:
-                t = Task(id=tp.task_id, info=tp.info, apps=tp.apps, kill_grace=tp.kill_grace, sandbox=tp.sandbox,
-                         pod=pod)
-                pod.tasks.append(t)
-                self.tasks[t.id] = t
+            by_id = {tp.task_id: tp for tp in plan.tasks}
+            for t in pod.tasks:
+                tp = by_id[t.id]
+                t.apps, t.kill_grace, t.sandbox = tp.apps, tp.kill_grace, tp.sandbox
             self.pods[pod.uuid] = pod
+            if self._killed_before_start(pod):
+                return
             for t in pod.tasks:
                 self._update(t, "TASK_STARTING")
         eng = self.engine()
@@ -569,8 +577,8 @@ class PodExecutor(Executor):
         grace_total = drv.grace_shutdown_period if drv is not None else 5.0
         budget = max(0.0, grace_total - 1.0)  # leave time for the updates and their acks
         with self._lock:
-            pods = list(self.pods.values())
-            for pod in pods:
+            pods = list({id(t.pod): t.pod for t in self.tasks.values() if not t.terminal}.values())
+            for pod in pods:  # running, and launching (they stop as soon as they can)
                 grace = min(max((t.kill_grace for t in pod.tasks), default=0.0), budget)
                 self._kill_pod(pod, grace, "Killed: the executor is shutting down")
         deadline = time.monotonic() + budget + 10
@@ -584,7 +592,7 @@ class PodExecutor(Executor):
                 if not t.terminal:
                     self._update(t, "TASK_KILLED", message="Killed: the executor is shutting down "
                                                            "(the pod did not stop in time)")
-        if drv is not None and (reason in ("SHUTDOWN", "SIGTERM") or drv.checkpoint):
+        if drv is not None and reason in ("SHUTDOWN", "SIGTERM"):  # else no agent to acknowledge
             if not drv.wait_acknowledged(ACK_FAILSAFE):
                 log.warning("exiting with unacknowledged updates: %s",
                             [(s["task_id"]["value"], s["state"]) for s in drv.unacknowledged()])

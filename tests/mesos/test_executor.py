@@ -156,6 +156,21 @@ def test_no_task_killing_without_the_capability(make_agent) -> None:
     clean(agent)
 
 
+def test_kill_right_behind_the_launch(make_agent) -> None:
+    """LAUNCH and KILL queued before the executor subscribed arrive back to back: the task is
+    killed during its launch, never reported RUNNING, and no pod is left."""
+    agent = make_agent()
+    agent.launch(busybox("t", POLITE))
+    agent.kill("t")
+    agent.launch_executor()
+    st = agent.wait_state("t", "TASK_KILLED", 60)
+    assert "TASK_RUNNING" not in agent.states("t")
+    assert st["reason"] == "REASON_TASK_KILLED_DURING_LAUNCH"
+    assert agent.wait_exit(20) == 0
+    assert engine_of(agent).list() == []
+    clean(agent)
+
+
 # -- acknowledgements -------------------------------------------------------------------------------
 
 
@@ -280,6 +295,22 @@ def test_agent_gone_without_checkpointing_stops_the_pods(make_agent) -> None:
     agent._go_down(abrupt=True)
     assert agent.wait_exit(20) == 0
     assert time.monotonic() - t0 < 10
+    assert running_pods(agent) == [] and engine_of(agent).list() == []
+    clean(agent)
+
+
+def test_agent_not_back_within_the_recovery_timeout(make_agent) -> None:
+    agent = make_agent(recovery_timeout=2.0)
+    agent.launch_executor()
+    agent.launch(busybox("t", POLITE))
+    agent.wait_state("t", "TASK_RUNNING", 60)
+    t0 = time.monotonic()
+    agent._go_down(abrupt=True)  # and never comes back
+    time.sleep(1.0)
+    assert agent.proc.poll() is None, "gave up before MESOS_RECOVERY_TIMEOUT"
+    assert running_pods(agent), "pods keep running while the agent recovers"
+    assert agent.wait_exit(20) == 0
+    assert 2.0 <= time.monotonic() - t0 < 15
     assert running_pods(agent) == [] and engine_of(agent).list() == []
     clean(agent)
 
