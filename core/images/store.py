@@ -21,7 +21,7 @@ from ..config import Config
 from ..errors import Conflict, ImageError, NotFound, UsageError
 from ..lock import locked, stripe
 from . import manifest as mf
-from . import reference, trust
+from . import reference
 from .content import ContentStore, sha256_bytes
 from .metadata import Image, Layer, Metadata
 from .snapshots import Snapshots
@@ -158,6 +158,7 @@ class ImageStore:
     # -- pulls ------------------------------------------------------------------------------
     def pull(self, ref: str, *, platform: str | None = None, progress: Progress | None = None,
              auths: dict | None = None) -> Image:
+        from . import trust
         from .registry import RegistryClient  # only pulls pay for httpx
 
         r = reference.parse(ref)
@@ -186,7 +187,7 @@ class ImageStore:
                       progress: Progress | None = None) -> Image:
         """Import from ``oci:DIR[:REF]``, ``oci-archive:FILE[:REF]`` or ``docker-archive:FILE[:REF]``.
         Local sources are not signature-checked; a trust policy that rejects their name refuses them."""
-        from . import sources
+        from . import sources, trust
 
         kind, _, rest = spec.partition(":")
         path, _, ref = rest.partition(":")
@@ -220,6 +221,8 @@ class ImageStore:
 
     def _ingest_docker(self, src, ref: str | None, name: str | None, want: mf.Platform,
                        progress: Progress | None, spec: str) -> Image:
+        from . import trust
+
         with src:
             entry = src.find(ref)
             tags = entry.get("RepoTags") or []
@@ -238,6 +241,7 @@ class ImageStore:
 
     def import_rootfs(self, tar_path: Path, name: str, progress: Progress | None = None) -> Image:
         """Make a one-layer image from a plain rootfs tarball (``podman import``)."""
+        from . import trust
         from .unpack import diff_id_of
 
         trust.check_local(self.config, [local_name(name)], str(tar_path))

@@ -42,7 +42,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -476,6 +475,8 @@ class Gate:
         if not candidates:
             raise TrustError(f"{fail}: its signature manifest {tag} has no simple-signing payload")
         best: tuple[int, str] = (0, "")
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="pypod-sig-") as tmp:
             for i, cand in enumerate(candidates[:MAX_SIGNATURES]):
                 rank, why = self._check_one(client, cand, keys, Path(tmp) / f"payload-{i}", digest)
