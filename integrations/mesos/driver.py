@@ -12,8 +12,9 @@ the agent's ``Http::executor`` are the reference):
    ``unacknowledged_updates: []``, and an update sent while the stream is down raises and is
    lost. Here every update is recorded before it is sent and kept until ACKNOWLEDGED; one that
    could not be POSTed is delivered by the next SUBSCRIBE (the agent replays them), or POSTed
-   once SUBSCRIBED arrives if that SUBSCRIBE was already on its way. Updates are sent one at a
-   time, in order. :meth:`wait_acknowledged` lets the executor wait for them before exiting.
+   once SUBSCRIBED arrives if that SUBSCRIBE was already on its way, or POSTed again shortly if
+   the agent answered with an error (it deduplicates by uuid). Updates are sent one at a time,
+   in order. :meth:`wait_acknowledged` lets the executor wait for them before exiting.
 3. SHUTDOWN: pymesos calls ``shutdown()`` then aborts the driver at once, so pods that need any
    grace time never get their TASK_KILLED delivered (and it arms ``killpg(0, SIGKILL)``). Here
    SHUTDOWN only tells the executor, which stops its pods within the grace period, sends the
@@ -25,7 +26,9 @@ the agent's ``Http::executor`` are the reference):
    starts at the first disconnection (the executor shuts down when it fires) and every
    reconnection attempt waits a random time in ``[0, MESOS_SUBSCRIPTION_BACKOFF_MAX]``, so the
    executor retries within that bound as the agent requires -- also after a 503 ("agent has not
-   finished recovery"), where pymesos reconnects in a tight loop.
+   finished recovery"), where pymesos reconnects in a tight loop. A SUBSCRIBE that fails before
+   the first SUBSCRIBED is retried (the agent's registration timeout bounds it), never taken as
+   a disconnection (which, without checkpointing, shuts the executor down).
 6. Threads: pymesos' ``on_close`` (IO thread) closes the call connection without the lock while
    another thread may be inside ``_send`` (``AttributeError: 'NoneType' object has no attribute
    'close'``), and ``_send`` shares a mutable default ``headers={}``. Here both happen under the
@@ -95,6 +98,7 @@ class PodExecutorDriver(MesosExecutorDriver):
         self._ulock = threading.Condition()  # guards updates, _unsent, _in_subscribe, tasks
         self._send_lock = threading.Lock()  # one update on the wire at a time, in order
         self._recovery_timer: threading.Timer | None = None
+        self._retry_timer: threading.Timer | None = None
         self._stopping = False
         self.subscribed = threading.Event()
         self.subscriptions = 0
@@ -138,6 +142,10 @@ class PodExecutorDriver(MesosExecutorDriver):
             conn.close()
         self.subscribed.clear()
         if self._stopping or self.aborted:
+            return
+        if self.subscriptions == 0:  # not subscribed yet (refused, or the agent answered 503): retry
+            log.warning("could not subscribe to the agent at %s yet: retrying", self.master)
+            time.sleep(random.uniform(0, self.backoff_max))
             return
         log.warning("disconnected from the agent at %s", self.master)
         self.executor.disconnected(self)
@@ -263,9 +271,19 @@ class PodExecutorDriver(MesosExecutorDriver):
             except Exception as e:
                 st = update["status"]
                 log.warning("update %s %s kept for the next SUBSCRIBE: %s", st["task_id"]["value"], st["state"], e)
+                if self.subscribed.is_set():  # the agent is there but did not take it: try again
+                    self._retry_later()
                 return
             with self._ulock:
                 self._unsent.discard(u)
+
+    def _retry_later(self) -> None:
+        with self._ulock:
+            if self._retry_timer is not None and self._retry_timer.is_alive():
+                return
+            self._retry_timer = threading.Timer(random.uniform(0.5, 1.0) * max(self.backoff_max, 1.0), self._flush)
+            self._retry_timer.daemon = True
+            self._retry_timer.start()
 
     def sendFrameworkMessage(self, data: str) -> None:
         self._send({"type": "MESSAGE", "framework_id": self.framework_id, "executor_id": self.executor_id,

@@ -45,7 +45,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 from pypod.errors import UsageError
 from pypod.pods.manifest import App, Mount, Network, PodManifest, Port, Resources, Volume

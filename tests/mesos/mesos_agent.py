@@ -157,7 +157,7 @@ class TestAgent:
                  recovery_timeout: float = 60.0, backoff_max: float = 0.5,
                  registration_timeout: float = 60.0, reregistration_timeout: float = 5.0,
                  executor_info: dict | None = None, env: dict[str, str] | None = None,
-                 heartbeat_interval: float | None = None):
+                 heartbeat_interval: float | None = None, token: str | None = None):
         self.sandbox = Path(sandbox)
         self.sandbox.mkdir(parents=True, exist_ok=True)
         self.framework_id, self.executor_id = framework_id, executor_id
@@ -174,6 +174,8 @@ class TestAgent:
         self.reregistration_timeout = reregistration_timeout
         self.heartbeat_interval = heartbeat_interval
         self.extra_env = env or {}
+        self.token = token  # executor authentication: MESOS_EXECUTOR_AUTHENTICATION_TOKEN, required
+        self.faults: dict[str, list[int]] = {}  # call type -> status codes to answer its next calls with
         self.executor_info = executor_info or {
             "executor_id": {"value": executor_id}, "framework_id": {"value": framework_id}, "type": "CUSTOM",
             "command": {"value": "pypod-mesos-executor", "shell": True},
@@ -240,6 +242,8 @@ class TestAgent:
             "MESOS_HTTP_COMMAND_EXECUTOR": "0",
             "MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD": duration(self.shutdown_grace),
             "LIBPROCESS_PORT": "0", "PYTHONUNBUFFERED": "1"})
+        if self.token:
+            env["MESOS_EXECUTOR_AUTHENTICATION_TOKEN"] = self.token
         if self.checkpoint:
             env["MESOS_RECOVERY_TIMEOUT"] = duration(self.recovery_timeout)
             env["MESOS_SUBSCRIPTION_BACKOFF_MAX"] = duration(self.backoff_max)
@@ -489,6 +493,12 @@ class TestAgent:
             return 202, {}, b""
         if ctype_call == "UNKNOWN":
             raise HTTPError(501, "Unknown call")
+        if self.token and handler.headers.get("Authorization") != f"Bearer {self.token}":
+            raise HTTPError(401, "Unauthorized", {"WWW-Authenticate": 'Bearer realm="mesos-agent-executor"'})
+        with self.cond:
+            injected = self.faults.get(ctype_call)
+            if injected:
+                raise HTTPError(injected.pop(0), "injected fault")
         with self.cond:
             if self.mode in ("recovering",) and ctype_call != "SUBSCRIBE":
                 raise HTTPError(503, "Agent has not finished recovery")

@@ -5,9 +5,8 @@ its pods removed and nothing leaked (the ``pypod_store`` fixture checks)."""
 from __future__ import annotations
 
 import base64
-import json
+import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -193,6 +192,22 @@ def test_executor_waits_for_acknowledgements(make_agent) -> None:
     clean(agent)
 
 
+def test_agent_errors_are_retried_and_calls_authenticated(make_agent) -> None:
+    """The agent answers 503 to the first SUBSCRIBEs (still recovering) and 500 to an UPDATE; the
+    executor retries within the backoff bound, delivers every update once and in order, and
+    authenticates every call (MESOS_EXECUTOR_AUTHENTICATION_TOKEN)."""
+    agent = make_agent(token="s3cret", backoff_max=0.3)
+    agent.faults = {"SUBSCRIBE": [503, 503], "UPDATE": [500]}
+    agent.launch(busybox("t", "sleep 0.3; exit 0"))
+    agent.launch_executor()
+    agent.wait_state("t", "TASK_FINISHED", 60)
+    assert agent.states("t") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    assert agent.wait_exit(20) == 0
+    refused = [c["code"] for c in agent.calls if c.get("code")]
+    assert refused == [503, 503, 500], refused
+    assert not agent.violations
+
+
 # -- invalid tasks and failures ---------------------------------------------------------------------
 
 
@@ -325,6 +340,28 @@ def test_agent_recovering_with_cleanup_shuts_the_executor_down(make_agent) -> No
     assert agent.wait_exit(20) == 0
     assert engine_of(agent).list() == []
     clean(agent)
+
+
+def test_hung_executor_after_agent_restart_is_lost_and_its_pods_collected(make_agent) -> None:
+    """The executor cannot re-subscribe (stopped) within the reregistration timeout: the agent
+    kills it and reports TASK_LOST (REASON_EXECUTOR_REREGISTRATION_TIMEOUT); its pods, labelled
+    with the framework and executor ids, are removed by the next executor of that id."""
+    agent = make_agent(reregistration_timeout=1.5)
+    agent.launch_executor()
+    agent.launch(busybox("t", POLITE))
+    uuid = pod_of(agent.wait_state("t", "TASK_RUNNING", 60))
+    agent.restart(0.5, during=lambda: agent.kill_executor(signal.SIGSTOP))
+    agent.wait_exit(20)
+    assert [(u["state"], u["reason"]) for u in agent.agent_updates] == \
+        [("TASK_LOST", "REASON_EXECUTOR_REREGISTRATION_TIMEOUT")]
+    labels = {p.uuid: p.labels for p in engine_of(agent).list()}
+    assert labels[uuid] == {"mesos.framework": agent.framework_id, "mesos.executor": agent.executor_id}
+    second = make_agent(executor_id=agent.executor_id)
+    second.launch_executor()
+    second.wait_for(lambda: second.subscribed, 30, "the new executor")
+    assert engine_of(second).list() == []
+    second.shutdown()
+    assert second.wait_exit(20) == 0
 
 
 def test_orphans_of_a_crashed_executor_are_removed_by_the_next(make_agent) -> None:
