@@ -5,6 +5,7 @@ its pods removed and nothing leaked (the ``pypod_store`` fixture checks)."""
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import time
 
@@ -167,6 +168,25 @@ def test_kill_right_behind_the_launch(make_agent) -> None:
     assert st["reason"] == "REASON_TASK_KILLED_DURING_LAUNCH"
     assert agent.wait_exit(20) == 0
     assert engine_of(agent).list() == []
+    clean(agent)
+
+
+def test_a_pod_manifest_in_a_label_is_the_whole_pod(make_agent) -> None:
+    """A plain LAUNCH carrying a pypod manifest (label ``pypod.manifest``): the task is the whole
+    two-app pod; its output goes to the executor's sandbox, as the command executor's does."""
+    manifest = {"pypodVersion": 1, "kind": "PodManifest", "networks": [{"name": "host"}], "apps": [
+        {"name": "first", "image": "busybox", "exec": ["/bin/sh", "-c", "echo first-out"]},
+        {"name": "second", "image": "busybox", "exec": ["/bin/sh", "-c", "sleep 0.3; echo second-out; exit 4"]}]}
+    agent = make_agent()
+    agent.launch_executor()
+    agent.launch({"task_id": {"value": "whole"}, "labels": {"labels": [
+        {"key": "pypod.manifest", "value": json.dumps(manifest)}]}})
+    st = agent.wait_state("whole", "TASK_FAILED", 60)
+    assert st["message"] == "Command exited with status 4"
+    assert agent.states("whole") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FAILED"]
+    out = (agent.sandbox / "stdout").read_text()
+    assert "first-out\n" in out and "second-out\n" in out
+    assert agent.wait_exit(20) == 0
     clean(agent)
 
 
