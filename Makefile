@@ -27,7 +27,7 @@ python-deps: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,mesos]' && $(PY) -m pip install -q --no-deps 'pymesos==0.3.15'
+	$(PY) -m pip install -q -e '.[test,nomad,mesos]' && $(PY) -m pip install -q --no-deps 'pymesos==0.3.15'
 	$(PY) -m compileall -q core  # the CLI starts faster where PYTHONDONTWRITEBYTECODE is set
 	touch $@
 
