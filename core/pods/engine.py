@@ -237,6 +237,10 @@ class Engine:
         """Attach the pod's networks; returns the stage1 network mode and the network status."""
         from .. import network
 
+        if manifest.netns is not None:  # an existing namespace (Nomad's group network): no CNI here
+            if not os.path.exists(manifest.netns):
+                raise UsageError(f"netns {manifest.netns!r} does not exist")
+            return manifest.netns, None
         names = [n.name for n in manifest.networks] or ["default"]
         if names == ["host"]:
             if manifest.ports:
@@ -425,6 +429,10 @@ class Engine:
         from .. import network
 
         st = network.status(pod.path / NET_STATE)
+        if st is None:
+            netns = pod.manifest().netns
+            if netns is not None:
+                return netns
         return "host" if st is None or st.mode == "host" else (st.netns or "private")
 
     # -- exits: conmon's hook -------------------------------------------------------------------
@@ -694,6 +702,17 @@ class Engine:
         name = self._default_app(pod, manifest, app)
         return self._flavor(manifest).exec(self._pod_config(pod, manifest, network=self._net_mode(pod)),
                                            name, args, timeout=timeout)
+
+    def kill(self, ref: str, app: str | None, signal: int | str) -> None:
+        """Send ``signal`` (a number or a name: ``TERM``, ``SIGHUP``) to a running app's main
+        process; what happens next is the app's business (its exit is recorded as usual)."""
+        pod = self._running(ref)
+        manifest = pod.manifest()
+        name = self._default_app(pod, manifest, app)
+        flavor = self._flavor(manifest)
+        if not hasattr(flavor, "kill"):
+            raise UsageError(f"stage1 {manifest.stage1} cannot signal apps")
+        flavor.kill(self._pod_config(pod, manifest), name, signal)
 
     def enter_argv(self, ref: str, app: str | None, args: Sequence[str], tty: bool) -> list[str]:
         """The command line that runs ``args`` interactively inside an app (the runtime's exec

@@ -114,3 +114,66 @@ def follow(paths: Mapping[str, Path], *, done: Callable[[], bool], since: float 
             return
         if not batch:
             time.sleep(interval)
+
+
+class Copier:
+    """Raw bytes of one app's CRI log, record by record, from a position that can be saved and
+    resumed: for drivers that copy an app's output into their orchestrator's own files (Nomad's
+    log FIFOs, Mesos' sandbox stdout/stderr) and must neither lose nor repeat output after they
+    restart. ``position`` is ``(inode, offset)``: the offset is just past the last record returned
+    (partial records are held back until their ``F`` record, so a resume never splits a line).
+    """
+
+    def __init__(self, path: str | os.PathLike, position: tuple[int | None, int] = (None, 0)):
+        self.path = Path(path)
+        self.ino, self.pos = position
+
+    @property
+    def position(self) -> tuple[int | None, int]:
+        return self.ino, self.pos
+
+    def read(self, limit: int = 1 << 20) -> list[tuple[str, bytes, int]]:
+        """New complete records as ``(stream, data, offset)``: ``offset`` is where to resume once
+        this record is delivered (when the other stream has a record open it stays before that
+        record's start). ``data`` ends with a newline when the app wrote one. At most about
+        ``limit`` bytes of log are read."""
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return []
+        with f:
+            st = os.fstat(f.fileno())
+            if self.ino is not None and (st.st_ino != self.ino or st.st_size < self.pos):
+                self.pos = 0  # conmon replaced or truncated the log at its size limit
+            self.ino = st.st_ino
+            if st.st_size <= self.pos:
+                return []
+            f.seek(self.pos)
+            data = f.read(limit)
+        out: list[tuple[str, bytes, int]] = []
+        pending: dict[bytes, list[bytes]] = {}
+        off = start = 0
+        while True:
+            nl = data.find(b"\n", off)
+            if nl < 0:
+                break
+            line, off = data[off:nl], nl + 1
+            parts = line.split(b" ", 3)
+            if len(parts) < 3 or parts[1] not in (b"stdout", b"stderr") or parts[2] not in (b"P", b"F"):
+                if not pending:
+                    start = off
+                continue
+            text = parts[3] if len(parts) > 3 else b""
+            if parts[2] == b"P":
+                pending.setdefault(parts[1], []).append(text)
+                continue
+            chunks = pending.pop(parts[1], [])
+            if not pending:  # resuming here repeats nothing and loses nothing
+                start = off
+            out.append((parts[1].decode(), b"".join(chunks) + text + b"\n", self.pos + start))
+        if pending and not out and len(data) >= limit:  # one record longer than the limit: emit it
+            for stream, chunks in pending.items():
+                out.append((stream.decode(), b"".join(chunks), self.pos + off))
+            start = off
+        self.pos += start
+        return out

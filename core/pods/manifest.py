@@ -23,7 +23,7 @@ JSON keys are camelCase (appc's style); Python attributes are snake_case. A docu
      "hosts": [{"ip": "10.0.0.5", "hostnames": ["db"]}],
      "ports": [{"containerPort": 80, "protocol": "tcp", "hostPort": 8080},
                {"name": "53-udp", "hostPort": 5353}],
-     "networks": [{"name": "default"}], "exitPolicy": "all-exited",
+     "networks": [{"name": "default"}], "netns": null, "exitPolicy": "all-exited",
      "stage1": "oci", "runtime": null, "mutable": false,
      "annotations": {}, "labels": {}, "isolators": {}}
 
@@ -293,6 +293,7 @@ class PodManifest:
     hosts_mode: str | None = None
     ports: list[Port] = field(default_factory=list)
     networks: list[Network] = field(default_factory=lambda: [Network("default")])
+    netns: str | None = None  # join this existing network namespace (a path) instead of attaching networks
     exit_policy: str = "all-exited"
     stage1: str = "oci"
     runtime: str | None = None  # None: the configured or probed default
@@ -554,6 +555,10 @@ def _validate_pod(pod: PodManifest) -> None:
         if n.name in ("host", "none") and len(pod.networks) > 1:
             raise _fail(f"networks[{i}]", f"network {n.name!r} cannot be combined with others")
         _check_map(n.args, f"networks[{i}].args")
+    if pod.netns is not None:
+        _check_abs_path(pod.netns, "netns")
+        if pod.ports:
+            raise _fail("ports", "ports cannot be published into a joined network namespace (netns)")
     if pod.ports and any(n.name in ("host", "none") for n in pod.networks):
         raise _fail("ports", f"ports cannot be published with network {pod.networks[0].name!r}")
     _check_choice(pod.exit_policy, "exitPolicy", EXIT_POLICIES)
@@ -783,6 +788,7 @@ def _pod_from_dict(doc: Any) -> PodManifest:
         for no in o.objs("networks"):
             pod.networks.append(Network(name=no.req("name"), args=no.smap("args")))
             no.done()
+    pod.netns = o.s("netns")
     pod.exit_policy = o.s("exitPolicy", "all-exited") or "all-exited"
     pod.stage1 = stage1
     pod.runtime = o.s("runtime")
@@ -886,6 +892,7 @@ def _pod_to_dict(p: PodManifest) -> dict[str, Any]:
         _put(nd, "args", dict(n.args))
         nets.append(nd)
     d["networks"] = nets
+    _put(d, "netns", p.netns)
     d["exitPolicy"] = p.exit_policy
     d["stage1"] = p.stage1
     d["runtime"] = p.runtime

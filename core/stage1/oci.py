@@ -183,6 +183,15 @@ class OciStage1:
             conmon.stop(rt, files, grace=grace, pid=_read_int(files.pidfile))
         return self._app_status(pod, name, files)
 
+    def kill(self, pod: PodConfig, name: str, signal: int | str) -> None:
+        """Send ``signal`` to a running app (the runtime's ``kill``)."""
+        files = self._need_app(pod, name)
+        if self._app_status(pod, name, files).state != "running":
+            raise Conflict(f"app {name!r} is not running")
+        sig = signal if isinstance(signal, int) else str(signal).upper().removeprefix("SIG")
+        if not self._runtime(pod).kill(files.cid, sig):
+            raise Conflict(f"app {name!r} is not running")
+
     def remove_app(self, pod: PodConfig, name: str) -> None:
         self._need_app(pod, name)
         self._discard_app(pod, name, self._runtime(pod))

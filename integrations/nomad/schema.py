@@ -145,7 +145,8 @@ def _object(prefix: str, schema: dict, data: Any) -> dict[str, Any]:
             if v is None:
                 if item.required:
                     raise ConfigError(f"{path}: missing required block")
-                v = {}
+                out[name] = {n: a.value for n, a in item.attrs.items()}  # absent: its defaults
+                continue
             out[name] = _object(path + ".", item.attrs, v)
             continue
         v = _check(path, item.type, v)

@@ -115,8 +115,17 @@ def build_manifest(task, tc: dict[str, Any], agent: dict[str, Any]):
     if tc.get("privileged") and not agent.get("allow_privileged"):
         raise TaskError("privileged: privileged tasks are not allowed on this client (allow_privileged = false)")
     iso: dict[str, Any] = {}
-    if cap_add or tc.get("cap_drop"):
-        iso["capabilities"] = {"add": cap_add, "drop": [_cap(c) for c in tc.get("cap_drop") or []]}
+    if cap_add or tc.get("cap_drop"):  # Docker's rule: the default set, plus cap_add, minus cap_drop
+        from pypod.stage1.spec import DEFAULT_CAPABILITIES
+
+        drop = {_cap(c) for c in tc.get("cap_drop") or []}
+        keep = [_cap(c) for c in DEFAULT_CAPABILITIES] + cap_add
+        retain = sorted({c for c in keep if c not in drop and "all" not in drop} - {"all"})
+        if "all" in cap_add:
+            from pypod.pods.isolation import ALL_CAPABILITIES
+
+            retain = sorted({_cap(c) for c in ALL_CAPABILITIES} - drop)
+        iso["capabilities"] = {"retain": [c.upper() for c in retain]}
     if tc.get("privileged"):
         iso["privileged"] = True
     app.isolators = iso
@@ -213,7 +222,7 @@ def build_manifest(task, tc: dict[str, Any], agent: dict[str, Any]):
         pod.dns = DNS(servers=list(task.dns.servers), search=list(task.dns.searches),
                       options=list(task.dns.options))
     if tc.get("sysctls"):
-        pod.isolators = {"sysctls": dict(tc["sysctls"])}
+        pod.isolators = {"sysctl": dict(tc["sysctls"])}
     labels = {f"com.hashicorp.nomad.{k}": v for k, v in (
         ("alloc_id", task.alloc_id), ("job_name", task.job_name), ("job_id", task.job_id),
         ("task_group_name", task.task_group_name), ("task_name", task.name), ("namespace", task.namespace),

@@ -1,0 +1,305 @@
+"""The Nomad client's per-task sequences (shared/reference/nomad.md §4.3, §5.6) replayed against the
+real plugin with real pods, real alloc dirs and FIFOs read as logmon reads them."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+
+from nomad_harness import AllocDir, Plugin, task_config
+from pypod.nomad.proto import driver_pb2 as D
+from pypod.nomad.proto import structs_pb2
+
+pytestmark = pytest.mark.usefixtures("leak_check")
+
+
+@pytest.fixture
+def alloc(tmp_path):
+    a = AllocDir(tmp_path / "alloc")
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def plugin(agent_config):
+    """The long-lived instance (launch 3): SetConfig with nomad_config, Init, TaskEvents open."""
+    pl = Plugin()
+    pl.set_config(agent_config)
+    pl.driver.Init(D.InitRequest(), timeout=10)
+    yield pl
+    pl.kill()
+
+
+def _spec(pl):
+    return pl.driver.TaskConfigSchema(D.TaskConfigSchemaRequest(), timeout=10).spec
+
+
+def start(pl, alloc, name, config, **kw):
+    spec = _spec(pl)
+    pl.driver.Capabilities(D.CapabilitiesRequest(), timeout=10)
+    cfg = task_config(alloc, name, spec, dict({"image": "busybox"}, **config), **kw)
+    resp = pl.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=120)
+    return cfg, resp
+
+
+def wait(pl, task_id, timeout=60):
+    return pl.driver.WaitTask(D.WaitTaskRequest(task_id=task_id), timeout=timeout).result
+
+
+def destroy(pl, task_id):
+    pl.driver.DestroyTask(D.DestroyTaskRequest(task_id=task_id, force=True), timeout=60)
+
+
+def until(fn, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.05)
+    return fn()
+
+
+def test_batch_task_lifecycle(plugin, alloc):
+    events = plugin.driver.TaskEvents(D.TaskEventsRequest())
+    cfg, resp = start(plugin, alloc, "hello", {
+        "command": "/bin/sh", "args": ["-c", "echo hello from $NOMAD_TASK_NAME; echo oops >&2; "
+                                       "echo shared > $NOMAD_ALLOC_DIR/data/out; ls /local /secrets >/dev/null; exit 3"]})
+    h = resp.handle
+    assert h.version >= 1 and h.state == D.RUNNING and h.driver_state
+    assert h.config == cfg  # echoed whole: Nomad restores from it
+    r = wait(plugin, cfg.id)
+    assert (r.exit_code, r.signal, r.oom_killed) == (3, 0, False)
+    r2 = wait(plugin, cfg.id, timeout=5)  # again after the exit: at once
+    assert r2.exit_code == 3
+    assert until(lambda: "hello from hello\n" in alloc.read_log("hello"))
+    assert until(lambda: alloc.read_log("hello", "stderr") == "oops\n")
+    assert (alloc.root / "alloc" / "data" / "out").read_text() == "shared\n"
+    ins = plugin.driver.InspectTask(D.InspectTaskRequest(task_id=cfg.id), timeout=10)
+    assert ins.task.state == D.EXITED and ins.task.result.exit_code == 3
+    assert ins.task.started_at.seconds > 0 and ins.task.completed_at.seconds >= ins.task.started_at.seconds
+    uuid = ins.driver.attributes["pod"]
+    destroy(plugin, cfg.id)
+    with pytest.raises(grpc.RpcError) as e:  # the second DestroyTask: an error Nomad ignores
+        destroy(plugin, cfg.id)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:
+        wait(plugin, cfg.id, timeout=5)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not any(uuid in p for p in os.listdir(os.path.join(plugin_data(plugin), "pods", "run")))
+    events.cancel()
+
+
+def plugin_data(pl) -> str:
+    return pl._data_dir
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(request, agent_config):
+    Plugin._data_dir = agent_config["data_dir"]
+
+
+def test_service_task_stats_signal_exec_stop(plugin, alloc):
+    script = ("trap 'echo got-usr1' USR1; trap 'echo bye; exit 0' TERM; echo up; "
+              "while true; do sleep 0.1; done")
+    cfg, resp = start(plugin, alloc, "web", {"command": "/bin/sh", "args": ["-c", script]})
+    assert until(lambda: "up\n" in alloc.read_log("web"))
+    # TaskStats: every message has a timestamp and aggregated usage
+    stats = plugin.driver.TaskStats(D.TaskStatsRequest(task_id=cfg.id,
+                                                       collection_interval=duration_pb2.Duration(nanos=200_000_000)))
+    got = [next(stats) for _ in range(3)]
+    stats.cancel()
+    for m in got:
+        assert m.stats.timestamp.seconds > 0 and m.stats.HasField("agg_resource_usage")
+        assert m.stats.agg_resource_usage.memory.usage > 0
+    assert any(D.CPUUsage.PERCENT in m.stats.agg_resource_usage.cpu.measured_fields for m in got)
+    # SignalTask
+    plugin.driver.SignalTask(D.SignalTaskRequest(task_id=cfg.id, signal="SIGUSR1"), timeout=30)
+    assert until(lambda: "got-usr1" in alloc.read_log("web"))
+    # ExecTask (script checks): result always set
+    ex = plugin.driver.ExecTask(D.ExecTaskRequest(task_id=cfg.id, command=["/bin/sh", "-c", "echo in; echo err >&2; exit 4"],
+                                                  timeout=duration_pb2.Duration(seconds=30)), timeout=60)
+    assert (ex.stdout, ex.stderr, ex.result.exit_code) == (b"in\n", b"err\n", 4)
+    # ExecTaskStreaming (nomad alloc exec): setup, stdin, close → output, closes, exited
+    reqs = [D.ExecTaskStreamingRequest(setup=D.ExecTaskStreamingRequest.Setup(task_id=cfg.id, command=["/bin/cat"])),
+            D.ExecTaskStreamingRequest(),  # heartbeat
+            D.ExecTaskStreamingRequest(stdin=D.ExecTaskStreamingIOOperation(data=b"ping\n")),
+            D.ExecTaskStreamingRequest(stdin=D.ExecTaskStreamingIOOperation(close=True))]
+    out, closed, result = b"", set(), None
+    for m in plugin.driver.ExecTaskStreaming(iter(reqs), timeout=60):
+        if m.HasField("stdout"):
+            out += m.stdout.data
+            if m.stdout.close:
+                closed.add("stdout")
+        if m.HasField("stderr") and m.stderr.close:
+            closed.add("stderr")
+        if m.exited:
+            result = m.result
+    assert out == b"ping\n" and closed == {"stdout", "stderr"} and result.exit_code == 0
+    # StopTask with the job's kill_signal: the task's trap runs, WaitTask returns its exit
+    waiter = plugin.driver.WaitTask.future(D.WaitTaskRequest(task_id=cfg.id))
+    plugin.driver.StopTask(D.StopTaskRequest(task_id=cfg.id, timeout=duration_pb2.Duration(seconds=5),
+                                             signal="SIGTERM"), timeout=60)
+    assert waiter.result(30).result.exit_code == 0
+    assert until(lambda: "bye\n" in alloc.read_log("web"))
+    destroy(plugin, cfg.id)
+
+
+def test_stop_escalates_to_kill(plugin, alloc):
+    cfg, _ = start(plugin, alloc, "stubborn", {"command": "/bin/sh", "args": ["-c", "trap '' TERM INT; echo up; "
+                                                                            "while true; do sleep 0.1; done"]})
+    assert until(lambda: "up\n" in alloc.read_log("stubborn"))
+    t = time.monotonic()
+    plugin.driver.StopTask(D.StopTaskRequest(task_id=cfg.id, timeout=duration_pb2.Duration(seconds=1), signal=""),
+                           timeout=60)
+    assert time.monotonic() - t >= 1.0
+    r = wait(plugin, cfg.id, timeout=30)
+    assert r.exit_code != 0
+    destroy(plugin, cfg.id)
+
+
+def test_config_errors_name_the_field(plugin, alloc):
+    spec = _spec(plugin)
+    for config, field in (({"args": "not-a-list"}, "args"), ({"imagee": "x"}, "imagee"),
+                          ({"privileged": True}, "privileged"), ({"cap_add": ["sys_admin"]}, "cap_add"),
+                          ({"volumes": ["/etc:/host-etc"]}, "volumes")):
+        cfg = task_config(alloc, "bad", spec, dict({"image": "busybox"}, **config))
+        with pytest.raises(grpc.RpcError) as e:
+            plugin.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=60)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert field in e.value.details()
+
+
+def test_bad_image_fails_start_with_its_name(plugin, alloc):
+    spec = _spec(plugin)
+    cfg = task_config(alloc, "noimg", spec, {"image": "oci:/nonexistent/layout"})
+    with pytest.raises(grpc.RpcError) as e:
+        plugin.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=60)
+    assert "/nonexistent/layout" in e.value.details()
+    assert e.value.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+def test_many_pending_waits_do_not_starve_the_server(plugin, alloc):
+    cfg, _ = start(plugin, alloc, "waited", {"command": "/bin/sh", "args": ["-c", "sleep 3"]})
+    futures = [plugin.driver.WaitTask.future(D.WaitTaskRequest(task_id=cfg.id)) for _ in range(200)]
+    t = time.monotonic()
+    for _ in range(5):
+        plugin.driver.InspectTask(D.InspectTaskRequest(task_id=cfg.id), timeout=5)
+    assert time.monotonic() - t < 5
+    assert {f.result(60).result.exit_code for f in futures} == {0}
+    destroy(plugin, cfg.id)
+
+
+def test_recover_after_plugin_crash(agent_config, alloc):
+    """The plugin is SIGKILLed mid-task: the pending WaitTask gets UNAVAILABLE, a new plugin gets
+    RecoverTask with the stored handle and an empty task_id, and WaitTask gives the real exit
+    code. Output written before, during and after the crash is delivered once."""
+    pl = Plugin()
+    pl.set_config(agent_config)
+    cfg, resp = start(pl, alloc, "crashy", {"command": "/bin/sh", "args": ["-c", "echo one; sleep 2; echo two; sleep 1; exit 7"]})
+    handle = resp.handle
+    assert until(lambda: "one\n" in alloc.read_log("crashy"))
+    waiter = pl.driver.WaitTask.future(D.WaitTaskRequest(task_id=cfg.id))
+    pl.kill()
+    with pytest.raises(grpc.RpcError) as e:
+        waiter.result(10)
+    assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    pl2 = Plugin()
+    try:
+        pl2.set_config(agent_config)
+        pl2.driver.RecoverTask(D.RecoverTaskRequest(task_id="", handle=handle), timeout=30)
+        pl2.driver.RecoverTask(D.RecoverTaskRequest(task_id="", handle=handle), timeout=30)  # known: OK
+        assert wait(pl2, cfg.id).exit_code == 7
+        assert until(lambda: alloc.read_log("crashy") == "one\ntwo\n"), alloc.read_log("crashy")
+        destroy(pl2, cfg.id)
+    finally:
+        pl2.kill()
+
+
+def test_recover_task_that_exited_while_plugin_was_down(agent_config, alloc):
+    """Client restart: Shutdown (tasks keep running), the task ends meanwhile, a new plugin
+    recovers it from the handle and reports the exit code from the engine's state."""
+    pl = Plugin()
+    pl.set_config(agent_config)
+    cfg, resp = start(pl, alloc, "lonely", {"command": "/bin/sh", "args": ["-c", "echo before; sleep 1; echo after; exit 5"]})
+    assert until(lambda: "before\n" in alloc.read_log("lonely"))
+    assert pl.shutdown() < 2.0
+    time.sleep(3)  # the task exits while no plugin runs
+    pl2 = Plugin()
+    try:
+        pl2.set_config(agent_config)
+        pl2.driver.RecoverTask(D.RecoverTaskRequest(handle=resp.handle), timeout=30)
+        r = wait(pl2, cfg.id)
+        assert r.exit_code == 5
+        assert until(lambda: alloc.read_log("lonely") == "before\nafter\n"), alloc.read_log("lonely")
+        destroy(pl2, cfg.id)
+        with pytest.raises(grpc.RpcError) as e:  # gone now: RecoverTask is an error
+            pl2.driver.RecoverTask(D.RecoverTaskRequest(handle=resp.handle), timeout=30)
+        assert e.value.code() not in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
+    finally:
+        pl2.kill()
+
+
+def test_group_network_two_tasks(plugin, alloc):
+    """must_create_network: CreateNetwork makes the group's namespace, both tasks join it (they
+    reach each other on localhost), DestroyNetwork removes it."""
+    net = plugin.driver.CreateNetwork(D.CreateNetworkRequest(alloc_id=alloc.alloc_id, hostname="grp"), timeout=60)
+    spec = net.isolation_spec
+    assert net.created and spec.mode == D.NetworkIsolationSpec.GROUP and os.path.exists(spec.path)
+    again = plugin.driver.CreateNetwork(D.CreateNetworkRequest(alloc_id=alloc.alloc_id), timeout=60)
+    assert not again.created and again.isolation_spec.path == spec.path
+    try:
+        server, _ = start(plugin, alloc, "server", {"command": "/bin/sh", "args": [
+            "-c", "echo hi-from-server > /tmp/index.html; exec httpd -f -p 127.0.0.1:8080 -h /tmp"]},
+            network_isolation_spec=spec)
+        client, _ = start(plugin, alloc, "client", {"command": "/bin/sh", "args": [
+            "-c", "for i in $(seq 50); do wget -q -O - http://127.0.0.1:8080/index.html && exit 0; sleep 0.1; done; exit 1"]},
+            network_isolation_spec=spec)
+        assert wait(plugin, client.id).exit_code == 0
+        assert "hi-from-server" in alloc.read_log("client")
+        ino = os.stat(spec.path).st_ino
+        ex = plugin.driver.ExecTask(D.ExecTaskRequest(task_id=server.id, command=["readlink", "/proc/self/ns/net"]),
+                                    timeout=60)
+        assert ex.stdout.decode().strip() == f"net:[{ino}]"
+        plugin.driver.StopTask(D.StopTaskRequest(task_id=server.id, timeout=duration_pb2.Duration(seconds=2)),
+                               timeout=60)
+        for t in (server, client):
+            destroy(plugin, t.id)
+    finally:
+        plugin.driver.DestroyNetwork(D.DestroyNetworkRequest(alloc_id=alloc.alloc_id, isolation_spec=spec), timeout=60)
+    assert not os.path.exists(spec.path)
+
+
+def test_start_error_recoverable_detail_type(plugin, alloc):
+    """A StartTask error Nomad may retry carries RecoverableError with its exact type URL: an image
+    pull that times out (image_pull_timeout) is one."""
+    from grpc_status import rpc_status
+
+    import socket
+    srv = socket.socket()  # a registry that accepts and never answers
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    try:
+        plugin.set_config(dict(_agent(plugin), image_pull_timeout="1s"))
+        cfg = task_config(alloc, "slow", _spec(plugin), {"image": f"127.0.0.1:{port}/x/y:1"})
+        with pytest.raises(grpc.RpcError) as e:
+            plugin.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=60)
+        st = rpc_status.from_call(e.value)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert st is not None and len(st.details) == 1
+        assert st.details[0].type_url == "type.googleapis.com/hashicorp.nomad.plugins.shared.structs.RecoverableError"
+        err = structs_pb2.RecoverableError()
+        st.details[0].Unpack(err)
+        assert err.recoverable
+    finally:
+        srv.close()
+
+
+def _agent(pl) -> dict:
+    return {"data_dir": Plugin._data_dir, "config_dir": Plugin._data_dir + "-etc"}
