@@ -6,41 +6,26 @@ symlink to a host file reads its own rootfs, never the host.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from .fsutil import open_in_root
 
-_SYS_OPENAT2 = 437
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
 _MAX_FILE = 4 << 20
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def read_in_root(root: str, path: str, limit: int = _MAX_FILE) -> bytes | None:
     """The contents of ``path`` resolved inside ``root`` as if chrooted there; None if missing."""
-    dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-        fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
-        if fd < 0:
-            e = ctypes.get_errno()
-            if e in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                return None
-            raise OSError(e, f"{path} in {root}: {os.strerror(e)}")
-        with os.fdopen(fd, "rb") as f:
-            return f.read(limit)
-    finally:
-        os.close(dirfd)
+        fd = open_in_root(root, path, os.O_RDONLY)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit)
 
 
 @dataclass
