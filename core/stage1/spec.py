@@ -119,6 +119,9 @@ class AppSpec:
     sysctl: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     seccomp: dict | None = None         # an OCI linux.seccomp object, passed through
+    devices: Sequence[dict] = ()        # OCI linux.devices (device nodes created in /dev)
+    readonly_sys: bool = True           # /sys and /sys/fs/cgroup read-only
+    rootfs_propagation: str | None = None  # linux.rootfsPropagation (runtime default when None)
     uid_mappings: Sequence[dict] = ()   # user namespace maps ({containerID, hostID, size})
     gid_mappings: Sequence[dict] = ()
     cgroupns: bool | None = None        # None: private cgroup ns on cgroup v2 only
@@ -164,7 +167,7 @@ def env_list(env: Mapping[str, str] | Sequence[str], terminal: bool = False) -> 
 
 
 def default_mounts(*, shm_path: str | None = None, shm_size: int = 64 << 20,
-                   cgroup: bool = True) -> list[dict]:
+                   cgroup: bool = True, readonly_sys: bool = True) -> list[dict]:
     shm = (Mount.bind(shm_path, "/dev/shm", propagation="rprivate").to_oci() if shm_path else
            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
             "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={shm_size}"]})
@@ -177,11 +180,12 @@ def default_mounts(*, shm_path: str | None = None, shm_size: int = 64 << 20,
         shm,
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro" if readonly_sys else "rw"]},
     ]
     if cgroup:
         mounts.append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-                       "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
+                       "options": ["nosuid", "noexec", "nodev", "relatime", "ro" if readonly_sys else "rw"]})
     return mounts
 
 
@@ -235,7 +239,7 @@ def generate(spec: AppSpec, *, cgroup_v2: bool = False,
     namespaces = _namespaces(spec, cgroup_v2)
     joined_host_cgroup = cgroup_v2 and not any(n["type"] == "cgroup" for n in namespaces)
     mounts = default_mounts(shm_path=spec.shm_path, shm_size=spec.shm_size,
-                            cgroup=not joined_host_cgroup)
+                            cgroup=not joined_host_cgroup, readonly_sys=spec.readonly_sys)
     if not any(n["type"] == "ipc" for n in namespaces):  # host IPC: its mqueue is not ours to mount
         mounts = [m for m in mounts if m["destination"] != "/dev/mqueue"]
     for dest, src in (("/etc/hosts", spec.etc_hosts), ("/etc/resolv.conf", spec.etc_resolv_conf),
@@ -257,6 +261,10 @@ def generate(spec: AppSpec, *, cgroup_v2: bool = False,
         linux["sysctl"] = dict(spec.sysctl)
     if spec.seccomp is not None:
         linux["seccomp"] = spec.seccomp
+    if spec.devices:
+        linux["devices"] = [dict(d) for d in spec.devices]
+    if spec.rootfs_propagation is not None:
+        linux["rootfsPropagation"] = spec.rootfs_propagation
     if spec.uid_mappings or spec.gid_mappings:
         linux["uidMappings"] = [dict(m) for m in spec.uid_mappings]
         linux["gidMappings"] = [dict(m) for m in spec.gid_mappings]
