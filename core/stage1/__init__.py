@@ -72,6 +72,8 @@ class PodConfig:
     exit_command: Sequence[str] = ()
     exit_env: Mapping[str, str] = field(default_factory=dict)
     lock_fd: int | None = None          # the pod lock, handed to the infra's monitor by start()
+    uid_mappings: Sequence[dict] = ()   # a pod user namespace (made by the infra, joined by the
+    gid_mappings: Sequence[dict] = ()   # apps): OCI {containerID, hostID, size} maps
 
 
 @dataclass

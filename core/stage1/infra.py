@@ -29,7 +29,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from . import Stage1Error, cgroups, conmon, mounts
 from .runtime import Runtime, RuntimeFailure, which
@@ -56,6 +56,8 @@ class InfraConfig:
     sysctl: Mapping[str, str] = field(default_factory=dict)
     cgroup_parent: str = cgroups.DEFAULT_PARENT
     resources: dict | None = None
+    uid_mappings: Sequence[dict] = ()   # a pod user namespace: the infra creates it, apps join it
+    gid_mappings: Sequence[dict] = ()
 
     def __post_init__(self) -> None:
         check_pod_id(self.pod_id)
@@ -96,7 +98,7 @@ class Infra:
         """The ``AppSpec.namespaces`` for an app of this pod (a private mount namespace, the pod's
         network/ipc/uts, the pod's pid namespace when shared, else a private one)."""
         ns: dict[str, str | None] = {"mount": None, "pid": self.namespaces.get("pid")}
-        for typ in PINNABLE:
+        for typ in (*PINNABLE, "user"):
             if typ in self.namespaces:
                 ns[typ] = self.namespaces[typ]
         return ns
@@ -189,7 +191,8 @@ def infra_config(cfg: InfraConfig, root: str, catatonit: str) -> dict:
         mounts=[Mount(destination="/catatonit", source=catatonit, type="bind",
                       options=["bind", "ro", "nosuid", "nodev"])],
         capabilities=(), no_new_privileges=True, resources=cfg.resources, sysctl=dict(cfg.sysctl),
-        rlimits={}, annotations={"io.pypod.infra": cfg.pod_id})
+        rlimits={}, annotations={"io.pypod.infra": cfg.pod_id},
+        uid_mappings=cfg.uid_mappings, gid_mappings=cfg.gid_mappings)
     config = generate(spec, cgroup_v2=cgroups.detect().mode == "v2")
     keep = {"/proc", "/dev", "/catatonit"}  # catatonit needs nothing else
     config["mounts"] = [m for m in config["mounts"] if m["destination"] in keep]
@@ -222,6 +225,8 @@ def start(runtime: Runtime, cfg: InfraConfig, *, dir: str, ns_dir: str, exit_dir
         wanted = [t for t in PINNABLE if getattr(cfg, t) == "private"]
         if cfg.share_pid:
             wanted.append("pid")
+        if cfg.uid_mappings:
+            wanted.append("user")
         os.makedirs(ns_dir, exist_ok=True)
         for typ in wanted:
             target = os.path.join(ns_dir, NS_FILE[typ])

@@ -120,7 +120,8 @@ class OciStage1:
         root = self._root(pod)
         cfg = infra_mod.InfraConfig(pod_id=pod.id, hostname=pod.hostname, share_pid=pod.share_pid,
                                     network=pod.network, ipc=pod.ipc, uts=pod.uts,
-                                    sysctl=dict(pod.sysctl), cgroup_parent=rec["cgroup_parent"])
+                                    sysctl=dict(pod.sysctl), cgroup_parent=rec["cgroup_parent"],
+                                    uid_mappings=list(pod.uid_mappings), gid_mappings=list(pod.gid_mappings))
         infra_mod.start(rt, cfg, dir=os.path.join(root, "infra"),
                         ns_dir=os.path.join(rec["run_root"], "pods", pod.id, "ns"),
                         exit_dir=os.path.join(root, "exits"),
@@ -148,6 +149,9 @@ class OciStage1:
         for attr in ("etc_hosts", "etc_resolv_conf", "etc_hostname"):
             if getattr(s, attr) is None and getattr(pod, attr):
                 changes[attr] = getattr(pod, attr)
+        if "user" in inf.namespaces:  # the pod's user namespace: joined, with its mappings (runc wants them)
+            changes["uid_mappings"], changes["gid_mappings"] = list(pod.uid_mappings), list(pod.gid_mappings)
+            changes["rootfs"] = _reachable_rootfs(self._record(pod)["run_root"], pod.id, app.name, s.rootfs)
         s = replace(s, **changes)
         config = spec_mod.generate(s, cgroup_v2=cgroups.detect().mode == "v2")
         os.makedirs(files.bundle, exist_ok=True)
@@ -203,6 +207,7 @@ class OciStage1:
             rt.delete(files.cid, force=True)
         conmon.cleanup(files)
         cgroups.remove(cgroups.app_path(pod.id, name, self._parent(pod)), kill=True)
+        _unreach_rootfs(self._record(pod)["run_root"], pod.id, name)
         _unlink(files.exit_file)
         _rmtree(files.bundle)
 
@@ -280,6 +285,7 @@ class OciStage1:
             if os.path.isdir(ns_dir):
                 infra_mod.unpin(ns_dir, os.listdir(ns_dir))
         cgroups.remove(cgroups.pod_path(pod.id, rec["cgroup_parent"]), kill=True)
+        _unreach_rootfs(rec["run_root"], pod.id, None)
         for d in (os.path.join(rec["run_root"], "pods", pod.id, "ns"),
                   os.path.join(rec["run_root"], "pods", pod.id)):
             try:
@@ -318,6 +324,45 @@ class OciStage1:
             st.state = "running" if started else "created"
             st.pid = _read_int(files.pidfile)
         return st
+
+
+def _reachable_rootfs(run_root: str, pod_id: str, app: str, rootfs: str) -> str:
+    """Where an app in a user namespace finds its rootfs: the runtime sets the rootfs up from
+    inside the namespace, as the pod's (unprivileged) root, which cannot traverse a 0700 data
+    dir; bind mount sources are opened from the host side and need nothing. So the rootfs is
+    bound at ``<run_root>/pods/<pod>/rootfs/<app>`` (directories 0711)."""
+    from . import mounts
+
+    top = os.path.join(run_root, "pods", pod_id, "rootfs")
+    target = os.path.join(top, app)
+    for d in (run_root, os.path.join(run_root, "pods"), os.path.dirname(top), top):
+        os.makedirs(d, exist_ok=True)
+        if os.stat(d).st_mode & 0o711 != 0o711:
+            os.chmod(d, os.stat(d).st_mode & 0o7777 | 0o711)
+    os.makedirs(target, mode=0o711, exist_ok=True)
+    if not mounts.is_mountpoint(target):
+        mounts.bind(rootfs, target)
+    return target
+
+
+def _unreach_rootfs(run_root: str, pod_id: str, app: str | None) -> None:
+    """Undo :func:`_reachable_rootfs` for one app, or for every app of the pod."""
+    from . import mounts
+
+    top = os.path.join(run_root, "pods", pod_id, "rootfs")
+    names = [app] if app is not None else (os.listdir(top) if os.path.isdir(top) else [])
+    for name in names:
+        target = os.path.join(top, name)
+        while mounts.umount(target):
+            pass
+        try:
+            os.rmdir(target)
+        except OSError:
+            pass
+    try:
+        os.rmdir(top)
+    except OSError:
+        pass
 
 
 def _touch(path: str) -> None:
