@@ -211,10 +211,11 @@ class Engine:
     def _pod_config(self, pod: Pod, manifest: PodManifest, *, lock_fd: int | None = None,
                     network: str = "private") -> "PodConfig":
         from ..stage1 import PodConfig
+        from . import isolation
 
         etc = pod.path / "etc"
         hostname = manifest.hostname or f"pypod-{pod.uuid[:8]}"
-        return PodConfig(
+        cfg = PodConfig(
             id=pod.uuid, dir=str(pod.path), hostname=hostname if network != "host" else None,
             share_pid=manifest.pid_mode == "pod", network=network,
             uts="host" if network == "host" else "private",
@@ -223,6 +224,7 @@ class Engine:
             etc_resolv_conf=str(etc / "resolv.conf") if (etc / "resolv.conf").exists() else None,
             etc_hostname=str(etc / "hostname") if (etc / "hostname").exists() else None,
             exit_command=self._hook_argv("app-exited"), lock_fd=lock_fd)
+        return isolation.pod_config(cfg, manifest, pod.path)
 
     def _hook_argv(self, hook: str) -> list[str]:
         return [sys.executable, "-m", "pypod.cli", "--dir", str(self.config.data_dir),
@@ -233,7 +235,7 @@ class Engine:
 
         return NetSettings.from_config(self.config)
 
-    def _network_up(self, pod: Pod, manifest: PodManifest) -> tuple[str, Any]:
+    def _network_up(self, pod: Pod, manifest: PodManifest, netns: str | None = None) -> tuple[str, Any]:
         """Attach the pod's networks; returns the stage1 network mode and the network status."""
         from .. import network
 
@@ -246,7 +248,7 @@ class Engine:
             if manifest.ports:
                 raise UsageError("--port has no effect with --net=host (the apps bind the host's ports)")
             return "host", None
-        st = network.attach(pod.uuid, None, manifest.networks or None, state_file=pod.path / NET_STATE,
+        st = network.attach(pod.uuid, netns, manifest.networks or None, state_file=pod.path / NET_STATE,
                             ports=manifest.ports, dns=manifest.dns, settings=self._net_settings())
         return st.netns, st
 
@@ -262,14 +264,20 @@ class Engine:
     def _start(self, locked: LockedPod) -> None:
         """Bring a pod in run/ (locked by us) up: network, infra, apps. On failure the pod is
         left exited (lock released) with nothing running; gc cleans the rest."""
+        from . import isolation
+
         manifest = locked.manifest()
         flavor = self._flavor(manifest)
         try:
-            network, net = self._network_up(locked, manifest)
+            users = isolation.claim_users(locked.path, locked.uuid, manifest, self.config.data_dir)
+            if users is not None:  # its netns must belong to its user namespace: the infra makes it
+                infra = flavor.start(self._pod_config(locked, manifest, lock_fd=locked.fd))
+            network, net = self._network_up(locked, manifest, infra.namespaces["network"] if users else None)
             failpoint("network")
             self._write_etc(locked, manifest, net, network == "host")
             cfg = self._pod_config(locked, manifest, lock_fd=locked.fd, network=network)
-            flavor.start(cfg)
+            if users is None:
+                flavor.start(cfg)
             failpoint("infra")
             for app in manifest.apps:
                 self._launch(locked, manifest, app, cfg, flavor)
@@ -299,12 +307,13 @@ class Engine:
     def _app_config(self, pod: Pod, manifest: PodManifest, app: App) -> "AppConfig":
         from ..stage1 import AppConfig, cgroups
         from ..stage1.spec import AppSpec
-        from . import rootfs, users
+        from . import isolation, rootfs, users
 
         img = self.images.resolve(app.image_id or app.image)
         cfg = self.images.image_config(img).config
         where = f"app {app.name!r}"
-        root = rootfs.mount_app(pod.path, app.name, self.images.layer_dirs(img))
+        root = rootfs.mount_app(pod.path, app.name, self.images.layer_dirs(img),
+                                idmap=isolation.pod_users(pod.path))
         proc = resolve_process(app, cfg)
         ident = users.resolve(str(root), proc.user, proc.group, proc.supplementary_gids, where=where)
         if "HOME" not in proc.env:
@@ -317,6 +326,7 @@ class Engine:
                        gid=ident.gid, additional_gids=ident.additional_gids, terminal=proc.tty,
                        readonly_rootfs=app.readonly_rootfs, mounts=mounts, resources=resources,
                        oom_score_adj=app.oom_score_adj, annotations=dict(app.annotations))
+        isolation.app_spec(spec, manifest, app, pod.path)
         return AppConfig(name=app.name, spec=spec, stdin=proc.stdin, log_size_max=self.config.log_size_max)
 
     def _volume_mount(self, pod: Pod, manifest: PodManifest, m: Any):
@@ -556,6 +566,9 @@ class Engine:
         self._network_down(pod)
         rootfs.unmount_all(pod.path)
         self.images.release(pod.uuid)
+        from . import isolation
+
+        isolation.release_users(pod.path, pod.uuid)
 
     def rm(self, ref: str) -> None:
         """Remove an exited (or prepared, or failed) pod now, with everything it left."""

@@ -13,6 +13,7 @@ from ..errors import UsageError
 from .manifest import (DNS, DNS_MODES, _MAX_ID, App, HostsEntry, Mount, Network, PodManifest, Port,
                        RestartPolicy, Volume, default_app_name, parse_bool, parse_cpu, parse_kv,
                        parse_memory, parse_options, _prefix)
+from . import isolation
 
 # -- flags ----------------------------------------------------------------------------------
 
@@ -22,6 +23,7 @@ POD_FLAGS: dict[str, bool] = {
     "--stage1": True, "--runtime": True, "--dns": True, "--dns-search": True, "--dns-opt": True,
     "--dns-domain": True, "--hosts-entry": True, "--net": True, "--port": True, "--set-env": True,
     "--pod-manifest": True, "--pid": True, "--ipc": True, "--mutable": False,
+    **isolation.POD_FLAGS,  # --sysctl, --private-users, --privileged
 }
 APP_FLAGS: dict[str, bool] = {
     "--name": True, "--exec": True, "--set-env": True, "--environment": True, "--user": True,
@@ -29,6 +31,7 @@ APP_FLAGS: dict[str, bool] = {
     "--memory": True, "--cpu": True, "--cpu-shares": True, "--pids-limit": True,
     "--restart-policy": True, "--readonly-rootfs": False, "--annotation": True, "--label": True,
     "--oom-score-adj": True, "--stdin": False, "--tty": False,
+    **isolation.APP_FLAGS,  # --caps-retain/--caps-remove, --seccomp(-profile), --no-new-privs, --privileged
 }
 
 
@@ -170,6 +173,8 @@ def _apply_app_flag(app: App, name: str, value: str) -> None:
         app.stdin = parse_bool(value)
     elif name == "--tty":
         app.tty = parse_bool(value)
+    elif name in isolation.APP_FLAGS:
+        isolation.apply_app_flag(app, name, value)
     else:  # pragma: no cover - APP_FLAGS and this function are kept in step
         raise UsageError(f"unknown flag {name}")
 
@@ -192,6 +197,7 @@ class _PodFlags:
         self.networks: list[Network] | None = None
         self.ports: list[Port] = []
         self.manifest_file: str | None = None
+        self.isolation: list[tuple[str, str]] = []
 
     def add(self, name: str, value: str) -> None:
         if name == "--volume":
@@ -241,6 +247,9 @@ class _PodFlags:
             self.ports.append(parse_port_flag(value))
         elif name == "--pod-manifest":
             self.manifest_file = value
+        elif name in isolation.POD_FLAGS:
+            isolation.apply_pod_flag(PodManifest(), name, value)  # checked now, applied over the manifest
+            self.isolation.append((name, value))
         else:  # pragma: no cover - POD_FLAGS and this method are kept in step
             raise UsageError(f"unknown flag {name}")
 
@@ -283,6 +292,8 @@ class _PodFlags:
         pod.ports.extend(self.ports)
         for app in pod.apps:  # flags win over the manifest
             app.env.update(self.env)
+        for name, value in self.isolation:
+            isolation.apply_pod_flag(pod, name, value)
 
 
 def _split_flag(token: str) -> tuple[str, str | None]:

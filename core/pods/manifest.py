@@ -578,6 +578,9 @@ def _validate_pod(pod: PodManifest) -> None:
         for i, app in enumerate(pod.apps):
             if not app.resources.is_empty():
                 raise _fail(f"apps[{i}].resources", "stage1 fly has no resource isolation")
+    from .isolation import validate as validate_isolation  # capabilities, seccomp, sysctls, userns
+
+    validate_isolation(pod)
 
 
 # -- JSON -----------------------------------------------------------------------------------

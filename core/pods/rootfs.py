@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .. import mount
+
+if TYPE_CHECKING:
+    from .userns import Range
 
 # overlayfs takes its options in one page; beyond that the lower dirs are given relative to a
 # common directory from a forked child that chdirs there (podman's trick).
@@ -22,19 +25,41 @@ def app_dir(pod_dir: Path, app: str) -> Path:
     return pod_dir / "apps" / app
 
 
-def mount_app(pod_dir: Path, app: str, layers: Sequence[Path]) -> Path:
-    """Mount (idempotently) the app's rootfs; ``layers`` bottom first. Returns the rootfs path."""
+def mount_app(pod_dir: Path, app: str, layers: Sequence[Path], *, idmap: "Range | None" = None) -> Path:
+    """Mount (idempotently) the app's rootfs; ``layers`` bottom first. Returns the rootfs path.
+
+    ``idmap`` (a pod with private users): the layers are seen through the pod's id mapping and
+    the upper dir belongs to the pod's root, so what the app writes has the pod's host ids (see
+    :mod:`.userns`)."""
     d = app_dir(pod_dir, app)
     root, upper, work = d / "rootfs", d / "upper", d / "work"
     for p in (root, upper, work):
         p.mkdir(parents=True, exist_ok=True)
     if os.path.ismount(root):
         return root
-    lowers = list(layers)
+    if idmap is None:
+        _mount_overlay(root, list(layers), upper, work, app)
+        return root
+    from . import userns
+
+    userns.own(upper, idmap)
+    if userns.idmap_supported():
+        try:
+            with userns.idmapped_layers(layers, d / "idmap", idmap) as lowers:
+                _mount_overlay(root, lowers, upper, work, app)
+            return root
+        except OSError as e:
+            if not userns.is_idmap_refusal(e):
+                raise
+    _mount_overlay(root, userns.shifted_copies(layers, d / "shifted", idmap), upper, work, app)
+    return root
+
+
+def _mount_overlay(root: Path, lowers: list[Path], upper: Path, work: Path, app: str) -> None:
     opts = mount.overlay_options(lowers, upper, work)
     if len(opts) <= _MAX_OPTIONS:
         mount.mount("overlay", root, "overlay", 0, opts)
-        return root
+        return
     common = os.path.commonpath([str(p) for p in lowers])
     rel = [Path(os.path.relpath(p, common)) for p in lowers]
     pid = os.fork()
@@ -48,7 +73,6 @@ def mount_app(pod_dir: Path, app: str, layers: Sequence[Path]) -> Path:
     _, status = os.waitpid(pid, 0)
     if status != 0:
         raise OSError(f"mounting the rootfs of app {app} failed (too many layers?)")
-    return root
 
 
 def unmount_all(pod_dir: Path) -> None:

@@ -74,7 +74,7 @@ def full_manifest() -> PodManifest:
              "restartPolicy": {"policy": "on-failure", "maxRetries": 3, "backoff": 2, "maxBackoff": 60},
              "readOnlyRootfs": True, "stdin": True, "tty": True, "oomScoreAdj": -100,
              "annotations": {"a": "b"}, "labels": {"tier": "front"},
-             "isolators": {"capsRetain": ["CAP_NET_BIND_SERVICE"]}},
+             "isolators": {"capabilities": {"retain": ["CAP_NET_BIND_SERVICE"]}}},
             {"name": "sidecar", "image": "busybox", "exec": []},
         ],
         "volumes": [
