@@ -355,8 +355,8 @@ class DriverService(_Base, driver_pb2_grpc.DriverServicer):
         if need_pull:
             p.event(cfg, f"Downloading image {image}", image=image)
             try:
-                await asyncio.wait_for(p.run(engine.resolve_image, image, pull=pull, progress=progress),
-                                       p.pull_timeout)
+                found = await asyncio.wait_for(p.run(engine.resolve_image, image, pull=pull, progress=progress),
+                                               p.pull_timeout)
             except asyncio.TimeoutError:
                 raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"image {image}: pull did not finish within image_pull_timeout "
@@ -371,6 +371,8 @@ class DriverService(_Base, driver_pb2_grpc.DriverServicer):
                                 recoverable=True) from None
                 raise
             p.event(cfg, f"Image {image} pulled", image=image)
+        if found is not None and image.startswith(("oci:", "oci-archive:", "docker-archive:")):
+            manifest.apps[0].image = found.id  # an imported source is not a name the store knows
         started = time.time()
         uuid = await p.run(engine.run, manifest, pull="never")
         info = await p.run(engine.status, uuid)

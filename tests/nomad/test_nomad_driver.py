@@ -303,3 +303,59 @@ def test_start_error_recoverable_detail_type(plugin, alloc):
 
 def _agent(pl) -> dict:
     return {"data_dir": Plugin._data_dir, "config_dir": Plugin._data_dir + "-etc"}
+
+
+def test_pull_events_limits_and_tty_exec(plugin, alloc, tmp_path):
+    """An image the store lacks is fetched with TaskEvents on the plugin's one events stream;
+    resources become cgroup limits; `nomad alloc exec -t` gets a terminal that follows resizes."""
+    from support import images
+
+    from pypod.stage1 import cgroups
+
+    events = plugin.driver.TaskEvents(D.TaskEventsRequest())
+    got: list = []
+    def read_events():
+        try:
+            for e in events:
+                got.append(e)
+        except grpc.RpcError:  # cancelled at the end of the test
+            pass
+
+    reader = threading.Thread(target=read_events, daemon=True)
+    reader.start()
+    time.sleep(0.2)
+    img = images.build_busybox(tmp_path / "oci" / "bb2")
+    cfg, resp = start(plugin, alloc, "pulled", {"image": f"oci:{img.oci_ref}", "command": "/bin/sh",
+                                                "args": ["-c", "echo up; while true; do sleep 0.1; done"]})
+    try:
+        assert until(lambda: any("Downloading image" in e.message for e in got))
+        ev = next(e for e in got if "Downloading image" in e.message)
+        assert (ev.task_id, ev.alloc_id, ev.task_name) == (cfg.id, cfg.alloc_id, "pulled")
+        assert ev.timestamp.seconds > 0
+        uuid = plugin.driver.InspectTask(D.InspectTaskRequest(task_id=cfg.id)).driver.attributes["pod"]
+        st = cgroups.stats(cgroups.app_path(uuid, "pulled"))
+        assert st.memory_limit == 64 << 20
+        reqs_done = threading.Event()
+
+        def reqs():
+            yield D.ExecTaskStreamingRequest(setup=D.ExecTaskStreamingRequest.Setup(
+                task_id=cfg.id, command=["/bin/sh"], tty=True))
+            yield D.ExecTaskStreamingRequest(tty_size=D.ExecTaskStreamingRequest.TerminalSize(height=33, width=101))
+            time.sleep(0.5)
+            yield D.ExecTaskStreamingRequest(stdin=D.ExecTaskStreamingIOOperation(data=b"stty size; tty; exit 9\n"))
+            reqs_done.wait(30)
+
+        out, result = b"", None
+        for m in plugin.driver.ExecTaskStreaming(reqs(), timeout=60):
+            if m.HasField("stdout"):
+                out += m.stdout.data
+            if m.exited:
+                result = m.result
+                reqs_done.set()
+        assert b"33 101" in out, out
+        assert b"/dev/pts/" in out, out
+        assert result.exit_code == 9
+    finally:
+        events.cancel()
+        plugin.driver.StopTask(D.StopTaskRequest(task_id=cfg.id, timeout=duration_pb2.Duration(seconds=1)), timeout=60)
+        destroy(plugin, cfg.id)
