@@ -359,3 +359,34 @@ def test_pull_events_limits_and_tty_exec(plugin, alloc, tmp_path):
         events.cancel()
         plugin.driver.StopTask(D.StopTaskRequest(task_id=cfg.id, timeout=duration_pb2.Duration(seconds=1)), timeout=60)
         destroy(plugin, cfg.id)
+
+
+def test_host_mode_group_ports_published_by_the_driver(plugin, alloc):
+    """A group in host mode: the task gets the agent's default CNI network and the driver
+    publishes its labelled ports (host_ip:value -> to); the network override tells Nomad."""
+    import socket
+    import urllib.request
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    hp = s.getsockname()[1]
+    s.close()
+    spec = _spec(plugin)
+    cfg = task_config(alloc, "web", spec, {"image": "busybox", "command": "/bin/sh", "ports": ["http"],
+                                           "args": ["-c", "echo hi-from-port > /tmp/i.html; exec httpd -f -p 80 -h /tmp"]})
+    cfg.resources.ports.add(label="http", value=hp, to=80, host_ip="127.0.0.1")
+    resp = plugin.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=120)
+    try:
+        ov = resp.network_override
+        assert dict(ov.port_map) == {"http": 80} and ov.addr and ov.auto_advertise
+
+        def get():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{hp}/i.html", timeout=2).read()
+            except OSError:
+                return None
+
+        assert until(get, 15) == b"hi-from-port\n"
+    finally:
+        plugin.driver.StopTask(D.StopTaskRequest(task_id=cfg.id, timeout=duration_pb2.Duration(seconds=1)), timeout=60)
+        destroy(plugin, cfg.id)
