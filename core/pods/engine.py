@@ -115,9 +115,11 @@ class Engine:
         events.emit(self.config.data_dir, type_, **attrs)
 
     # -- creating pods ------------------------------------------------------------------------
-    def resolve_image(self, name: str, *, pull: str = "new", progress: Callable | None = None) -> "Image":
+    def resolve_image(self, name: str, *, pull: str = "new", progress: Callable | None = None,
+                      credentials: tuple[str, str] | None = None) -> "Image":
         """The image ``name`` from the store, fetched first when missing (``pull="new"``),
-        always (``"update"``) or never (``"never"``)."""
+        always (``"update"``) or never (``"never"``). ``credentials`` (user, password) are used
+        for ``name``'s repository on top of the auth file (an orchestrator's per-workload auth)."""
         if pull not in ("new", "update", "never"):
             raise UsageError(f"--pull-policy {pull!r}: expected new, update or never")
         if pull != "update":
@@ -129,6 +131,14 @@ class Engine:
                     raise
         if name.startswith(("oci:", "oci-archive:", "docker-archive:")):
             return self.images.import_source(name, progress=progress)
+        if credentials is not None:
+            from ..images import reference
+            from ..images.auth import load_auths
+
+            r = reference.parse(name)
+            auths = dict(load_auths(self.config.auth_file))
+            auths[f"{r.host}/{r.path}"] = (credentials[0], credentials[1])
+            return self.images.pull(name, progress=progress, auths=auths)
         return self.images.pull(name, progress=progress)
 
     def prepare(self, manifest: PodManifest, *, pull: str = "new", uuid: str | None = None,

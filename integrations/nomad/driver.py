@@ -331,9 +331,9 @@ class DriverService(_Base, driver_pb2_grpc.DriverServicer):
 
         p = self.plugin
         tc = schema.decode(schema.TASK, cfg.msgpack_driver_config)
+        creds = None
         if tc["auth"].get("username") or tc["auth"].get("password"):
-            raise TaskError("auth: per-task registry credentials are not supported yet; put them in pypod's "
-                            "auth file (auth_file in pypod.toml)")
+            creds = (tc["auth"].get("username") or "", tc["auth"].get("password") or "")
         manifest, app, port_map = build_manifest(cfg, tc, p.agent)
         engine = p.engine
         image = tc["image"]
@@ -355,8 +355,8 @@ class DriverService(_Base, driver_pb2_grpc.DriverServicer):
         if need_pull:
             p.event(cfg, f"Downloading image {image}", image=image)
             try:
-                found = await asyncio.wait_for(p.run(engine.resolve_image, image, pull=pull, progress=progress),
-                                               p.pull_timeout)
+                found = await asyncio.wait_for(p.run(engine.resolve_image, image, pull=pull, progress=progress,
+                                                     credentials=creds), p.pull_timeout)
             except asyncio.TimeoutError:
                 raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"image {image}: pull did not finish within image_pull_timeout "

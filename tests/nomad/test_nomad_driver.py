@@ -390,3 +390,24 @@ def test_host_mode_group_ports_published_by_the_driver(plugin, alloc):
     finally:
         plugin.driver.StopTask(D.StopTaskRequest(task_id=cfg.id, timeout=duration_pb2.Duration(seconds=1)), timeout=60)
         destroy(plugin, cfg.id)
+
+
+def test_registry_auth_from_the_task(plugin, alloc, basic_auth_registry, tmp_path, agent_config):
+    """`auth {}` in the task: the image is pulled with those credentials (and refused without)."""
+    reg = basic_auth_registry
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "pypod.toml").write_text(f'[[registry]]\nprefix = "{reg.host}"\ninsecure = true\n')
+    plugin.set_config(dict(agent_config, config_dir=str(etc)))
+    spec = _spec(plugin)
+    image = f"{reg.host}/test/busybox:latest"
+    bad = task_config(alloc, "noauth", spec, {"image": image, "force_pull": True, "command": "/bin/true"})
+    with pytest.raises(grpc.RpcError) as e:
+        plugin.driver.StartTask(D.StartTaskRequest(task=bad), timeout=120)
+    assert "unauthorized" in e.value.details().lower() or "401" in e.value.details(), e.value.details()
+    c = reg.credentials
+    cfg = task_config(alloc, "authed", spec, {"image": image, "force_pull": True, "command": "/bin/true",
+                                              "auth": {"username": c.username, "password": c.password}})
+    plugin.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=120)
+    assert wait(plugin, cfg.id).exit_code == 0
+    destroy(plugin, cfg.id)
