@@ -331,7 +331,7 @@ class Engine:
         mounts = [self._volume_mount(pod, manifest, m) for m in app.mounts]
         r = app.resources
         resources = cgroups.resources(memory=r.memory, cpu_limit_millis=r.cpu, cpu_shares=r.cpu_shares,
-                                      pids=r.pids)
+                                      pids=r.pids, cpuset_cpus=r.cpuset_cpus)
         spec = AppSpec(args=proc.args, rootfs=str(root), env=proc.env, cwd=proc.cwd, uid=ident.uid,
                        gid=ident.gid, additional_gids=ident.additional_gids, terminal=proc.tty,
                        readonly_rootfs=app.readonly_rootfs, mounts=mounts, resources=resources,

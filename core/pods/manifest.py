@@ -199,9 +199,11 @@ class Resources:
     cpu: int | None = None  # millicores (a limit: CFS quota)
     cpu_shares: int | None = None  # relative weight (cgroup v1 shares; converted to weight on v2)
     pids: int | None = None  # max number of tasks
+    cpuset_cpus: str | None = None  # the CPUs the app may run on ("0-3,6"): reserved cores
 
     def is_empty(self) -> bool:
-        return self.memory is None and self.cpu is None and self.cpu_shares is None and self.pids is None
+        return self.memory is None and self.cpu is None and self.cpu_shares is None and self.pids is None \
+            and self.cpuset_cpus is None
 
 
 @dataclass
@@ -447,6 +449,8 @@ def _validate_app(app: App, p: str, volumes: Mapping[str, Volume]) -> None:
     _check_int(r.cpu, rp + ".cpu", 1, (1 << 31) - 1)
     _check_int(r.cpu_shares, rp + ".cpuShares", 2, 262144)
     _check_int(r.pids, rp + ".pids", 1, (1 << 31) - 1)
+    if r.cpuset_cpus is not None and not re.fullmatch(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*", r.cpuset_cpus):
+        raise _fail(rp + ".cpusetCpus", f"expected a CPU list such as 0-3,6, not {r.cpuset_cpus!r}")
     rs, rsp = app.restart, p + ".restartPolicy"
     _check_choice(rs.policy, rsp + ".policy", RESTART_POLICIES)
     if rs.max_retries is not None:
@@ -728,6 +732,7 @@ def _app_from(o: _Obj) -> App:
                 raise _fail(ro_.p("cpu"), str(e)) from None
         app.resources.cpu_shares = ro_.i("cpuShares")
         app.resources.pids = ro_.i("pids")
+        app.resources.cpuset_cpus = ro_.s("cpusetCpus")
         ro_.done()
     rp = o.obj("restartPolicy")
     if rp is not None:
@@ -834,6 +839,7 @@ def _app_to_dict(a: App) -> dict[str, Any]:
     _put(r, "cpu", None if a.resources.cpu is None else format_cpu(a.resources.cpu))
     _put(r, "cpuShares", a.resources.cpu_shares)
     _put(r, "pids", a.resources.pids)
+    _put(r, "cpusetCpus", a.resources.cpuset_cpus)
     _put(d, "resources", r)
     if a.restart != RestartPolicy():
         rp: dict[str, Any] = {"policy": a.restart.policy}

@@ -138,6 +138,8 @@ def build_manifest(task, tc: dict[str, Any], agent: dict[str, Any]):
             r.cpu_shares = max(2, min(262144, int(lr.cpu_shares)))
         if lr.memory_limit_bytes:
             r.memory = int(lr.memory_limit_bytes)
+        if lr.cpuset_cpus:  # resources { cores = N }: the cores Nomad reserved for the task
+            r.cpuset_cpus = lr.cpuset_cpus
     if res.HasField("allocated_resources"):
         ar = res.allocated_resources
         if not r.cpu_shares and ar.cpu.cpu_shares:

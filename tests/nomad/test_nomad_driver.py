@@ -411,3 +411,29 @@ def test_registry_auth_from_the_task(plugin, alloc, basic_auth_registry, tmp_pat
     plugin.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=120)
     assert wait(plugin, cfg.id).exit_code == 0
     destroy(plugin, cfg.id)
+
+
+def test_reserved_cores_and_memory_max(plugin, alloc):
+    """resources { cores = 1, memory = 32, memory_max = 96 }: cpuset and the hard memory limit."""
+    from pypod.stage1 import cgroups
+
+    spec = _spec(plugin)
+    cfg = task_config(alloc, "cores", spec, {"image": "busybox", "command": "/bin/sh",
+                                             "args": ["-c", "cat /sys/fs/cgroup/cpuset.cpus.effective 2>/dev/null; "
+                                                            "while true; do sleep 0.1; done"]})
+    cfg.resources.allocated_resources.memory.memory_mb = 32
+    cfg.resources.allocated_resources.memory.memory_max_mb = 96
+    cfg.resources.linux_resources.memory_limit_bytes = 96 << 20
+    cfg.resources.linux_resources.cpuset_cpus = "0"
+    plugin.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=120)
+    try:
+        uuid = plugin.driver.InspectTask(D.InspectTaskRequest(task_id=cfg.id)).driver.attributes["pod"]
+        path = cgroups.app_path(uuid, "cores")
+        assert cgroups.stats(path).memory_limit == 96 << 20
+        layout = cgroups.detect()
+        d = layout.stats_dir("cpuset", path)
+        assert d is not None
+        assert open(os.path.join(d, "cpuset.cpus")).read().strip() == "0"
+    finally:
+        plugin.driver.StopTask(D.StopTaskRequest(task_id=cfg.id, timeout=duration_pb2.Duration(seconds=1)), timeout=60)
+        destroy(plugin, cfg.id)
