@@ -437,3 +437,34 @@ def test_reserved_cores_and_memory_max(plugin, alloc):
     finally:
         plugin.driver.StopTask(D.StopTaskRequest(task_id=cfg.id, timeout=duration_pb2.Duration(seconds=1)), timeout=60)
         destroy(plugin, cfg.id)
+
+
+def test_capabilities_sysctls_readonly_rootfs(plugin, alloc, agent_config):
+    """cap_add (allowed by the agent) and cap_drop on Docker's default set, sysctls, a read-only
+    rootfs, labels on the pod."""
+    plugin.set_config(dict(agent_config, allowed_caps=["chown", "kill", "net_admin", "setuid", "setgid"]))
+    spec = _spec(plugin)
+    cfg = task_config(alloc, "caps", spec, {
+        "image": "busybox", "command": "/bin/sh", "cap_add": ["NET_ADMIN"], "cap_drop": ["chown"],
+        "readonly_rootfs": True, "sysctls": {"net.ipv4.ip_unprivileged_port_start": "123"},
+        "labels": {"team": "infra"}, "network_mode": "none",
+        "args": ["-c", "grep CapEff /proc/self/status; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; "
+                       "touch /rootfs-file 2>/dev/null && echo writable || echo read-only"]})
+    plugin.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=120)
+    assert wait(plugin, cfg.id).exit_code == 0
+    out = alloc.read_log("caps")
+    cap_eff = int(out.split("CapEff:")[1].split()[0], 16)
+    assert cap_eff & (1 << 12), out  # CAP_NET_ADMIN added
+    assert not cap_eff & (1 << 0), out  # CAP_CHOWN dropped
+    assert cap_eff & (1 << 5), out  # CAP_KILL kept (Docker's default set)
+    assert "123\n" in out and "read-only\n" in out, out
+    ins = plugin.driver.InspectTask(D.InspectTaskRequest(task_id=cfg.id))
+    uuid = ins.driver.attributes["pod"]
+    import json
+    import subprocess
+    import sys
+    st = json.loads(subprocess.run([sys.executable, "-m", "pypod.cli", "--dir", agent_config["data_dir"],
+                                    "--config-dir", agent_config["config_dir"], "status", "--format", "json", uuid],
+                                   capture_output=True, text=True, check=True).stdout)
+    assert st["labels"]["team"] == "infra" and st["labels"]["com.hashicorp.nomad.task_name"] == "caps"
+    destroy(plugin, cfg.id)
