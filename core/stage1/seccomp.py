@@ -25,8 +25,9 @@ Architectures: the native one plus its compat ABIs (x86-64 + x86 + x32; aarch64 
 32-bit binary cannot walk around the filter.
 
 **rkt's syntax** (``--seccomp mode=retain|remove[,errno=ERRNO],SYSCALL|@GROUP,...``):
-``retain`` allows only the listed syscalls (plus :data:`EXEC_ESSENTIALS`, which systemd's
-``SystemCallFilter=`` that rkt used always allowed too); ``remove`` allows everything but the
+``retain`` allows only the listed syscalls, plus :data:`RUNTIME_ESSENTIALS` (what ends the
+app and execs it, which systemd's ``SystemCallFilter=`` that rkt used always allowed too, and
+what crun's and runc's init call after loading the filter); ``remove`` allows everything but the
 listed ones. Blocked calls fail with ``errno`` or, without it, kill the app with SIGSYS. Groups:
 see :data:`GROUPS`.
 
@@ -213,9 +214,22 @@ DENIED: frozenset[str] = frozenset("""
 """.split())
 
 #: What a retain-set always allows: the calls that exec the app and end it (as systemd's
-#: SystemCallFilter=, which rkt used, always allowed them).
+#: SystemCallFilter=, which rkt used, always allowed them)...
 EXEC_ESSENTIALS: frozenset[str] = frozenset(
     "execve execveat exit exit_group rt_sigreturn sigreturn restart_syscall".split())
+#: ...and what the runtimes' own init still calls after loading the filter: unlike systemd, which
+#: loaded it right before exec, crun and runc load it before dropping capabilities, closing fds,
+#: checking the cwd and (runc's Go init) scheduling goroutines. Found by running both runtimes with
+#: retain sets and adding what each refused ("error closing exec fds: open /proc/self/fd",
+#: "prctl drop bounding", "failed to verify if current working directory is safe", ...).
+RUNTIME_ESSENTIALS: frozenset[str] = EXEC_ESSENTIALS | frozenset("""
+    open openat openat2 close close_range read write fcntl fstat fstatfs statfs newfstatat stat lstat
+    statx getdents64 readlinkat lseek ioctl dup dup2 dup3 pipe2 getcwd chdir fchdir umask access
+    faccessat faccessat2 capget capset prctl setgroups setresuid setresgid setuid setgid setsid brk
+    mmap munmap mprotect madvise futex nanosleep sched_yield sched_getaffinity getpid getppid gettid
+    tgkill kill rt_sigaction rt_sigprocmask sigaltstack set_robust_list rseq arch_prctl clone wait4
+    waitid poll ppoll pselect6 epoll_create1 epoll_ctl epoll_pwait getrlimit prlimit64 getuid geteuid
+    getgid getegid""".split())
 
 #: clone(2) flags that create namespaces: CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER |
 #: NEWPID | NEWNET.
@@ -429,7 +443,7 @@ def from_rkt(iso: Mapping[str, Any], capabilities: Iterable[str], *, machine: st
         rules = [{"names": names, **blocked}] if names else []
         return {"defaultAction": "SCMP_ACT_ALLOW", "architectures": arches, "syscalls": rules}
     default_group = any(i in _DEFAULT_GROUPS for i in items)
-    plain = expand(i for i in items if i not in _DEFAULT_GROUPS) | EXEC_ESSENTIALS
+    plain = expand(i for i in items if i not in _DEFAULT_GROUPS) | RUNTIME_ESSENTIALS
     rules = _default_rules(_caps(capabilities), skip=frozenset(plain)) if default_group else []
     rules.insert(0, {"names": sorted(plain), "action": "SCMP_ACT_ALLOW"})
     profile = {"defaultAction": blocked["action"], "architectures": arches, "syscalls": rules}

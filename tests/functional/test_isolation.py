@@ -150,7 +150,12 @@ def test_seccomp_default_flags_and_modes(pods: Pypod, runtime: str) -> None:
             "busybox", "--name", "sigsys", "--seccomp=mode=remove,@systemd/mount",
             *sh("echo sigsys before; exec umount /proc"), "---",
             "busybox", "--name", "retain", "--seccomp=mode=retain,errno=ENOTSUP,@rkt/default-whitelist",
-            *sh("ls / >/dev/null && echo retain ls-ok; unshare -U true 2>&1 | sed 's/^/retain /'"))
+            *sh("ls / >/dev/null && echo retain ls-ok; unshare -U true 2>&1 | sed 's/^/retain /'"), "---",
+            # the smallest retain sets: what the runtimes need to start the app, and nothing else
+            "busybox", "--name", "empty", "--seccomp=mode=retain,errno=ENOSYS,@appc.io/empty",
+            "--exec", "/bin/uname", "--", "-s", "---",
+            "busybox", "--name", "uname", "--seccomp=mode=retain,errno=ENOSYS,@appc.io/empty,uname",
+            "--exec", "/bin/uname", "--", "-s")
     assert lines_of(r.out, "default")["Seccomp:"].strip() == "2"
     assert lines_of(r.out, "unconfined")["Seccomp:"].strip() == "0"
     # creating a user namespace needs no capability: only the profile stops it
@@ -160,6 +165,7 @@ def test_seccomp_default_flags_and_modes(pods: Pypod, runtime: str) -> None:
     assert "Function not implemented" in lines_of(r.out, "enosys")["hostname:"]
     assert lines_of(r.out, "retain")["ls-ok"] == ""
     assert "Operation not supported" in lines_of(r.out, "retain")["unshare:"]
+    assert "empty: \n" in r.out + "\n" and "uname: Linux" in r.out  # uname(2) refused (ENOSYS) / allowed
     codes = app_codes(pods, last_uuid(pods))
     assert codes["sigsys"] == 128 + 31 and "sigsys before" in r.out  # killed by SIGSYS, not refused
     assert codes["default"] == codes["unconfined"] == codes["enosys"] == codes["retain"] == 0

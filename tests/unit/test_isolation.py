@@ -84,7 +84,9 @@ def test_rkt_remove_and_retain_sets():
     assert killed["syscalls"][0]["action"] == "SCMP_ACT_KILL_PROCESS"  # rkt: SIGSYS without errno
     retain = seccomp.from_rkt(seccomp.parse_rkt("mode=retain,errno=EPERM,read,write"), DEFAULT_CAPABILITIES)
     assert (retain["defaultAction"], retain["defaultErrnoRet"]) == ("SCMP_ACT_ERRNO", 1)
-    assert set(retain["syscalls"][0]["names"]) == {"read", "write"} | seccomp.EXEC_ESSENTIALS
+    assert set(retain["syscalls"][0]["names"]) == {"read", "write"} | seccomp.RUNTIME_ESSENTIALS
+    assert seccomp.EXEC_ESSENTIALS < seccomp.RUNTIME_ESSENTIALS <= seccomp.KNOWN
+    assert not seccomp.RUNTIME_ESSENTIALS & {"mount", "unshare", "setns", "uname", "socket", "ptrace"}
     whitelist = seccomp.from_rkt(seccomp.parse_rkt("mode=retain,@rkt/default-whitelist,clone"), DEFAULT_CAPABILITIES)
     assert "clone" in whitelist["syscalls"][0]["names"]  # named explicitly: unconditional...
     assert not [r for r in whitelist["syscalls"][1:] if "clone" in r["names"]]  # ...no argument rule left
