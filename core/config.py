@@ -11,6 +11,9 @@ The one file is ``$PYPOD_CONFIG_DIR/pypod.toml`` (default ``/etc/pypod/pypod.tom
     plugin_dirs = ["/usr/lib/cni", "/opt/cni/bin"]
     default_subnet = "172.30.0.0/16"
 
+    [cri]                                   # pypod-cri (see pypod.kubelet.config)
+    listen = "/run/pypod/cri.sock"
+
     [limits]
     max_layer_unpacked = "64GiB"            # per layer, against decompression bombs
     max_layer_entries = 2000000
@@ -92,6 +95,7 @@ class Config:
     runtime: str | None = None
     log_size_max: int | None = None         # apps' CRI logs are truncated past this (conmon)
     network: dict = field(default_factory=dict)  # [network]: plugin_dirs, default_subnet
+    cri: dict = field(default_factory=dict)      # [cri]: pypod-cri's settings (pypod.kubelet.config)
     insecure: frozenset[str] = frozenset()  # checks skipped for this command (--insecure-options)
 
     def registry_for(self, name: str) -> RegistryConfig | None:
@@ -128,7 +132,7 @@ def _apply_file(cfg: Config, path: Path) -> None:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"{path}: {e}") from None
     known = {"data_dir", "auth_file", "limits", "registry", "pull_concurrency", "runtime", "log_size_max",
-             "network"}
+             "network", "cri"}
     unknown = set(raw) - known
     if unknown:
         raise UsageError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
@@ -147,6 +151,10 @@ def _apply_file(cfg: Config, path: Path) -> None:
         if unknown_net:
             raise UsageError(f"{path}: unknown [network] setting(s): {', '.join(sorted(unknown_net))}")
         cfg.network = dict(raw["network"])
+    if "cri" in raw:
+        if not isinstance(raw["cri"], dict):
+            raise UsageError(f"{path}: [cri] must be a table")
+        cfg.cri = dict(raw["cri"])
     for key, value in raw.get("limits", {}).items():
         if not hasattr(cfg.limits, key):
             raise UsageError(f"{path}: unknown limit {key!r}")

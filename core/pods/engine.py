@@ -31,7 +31,7 @@ from .. import events
 from ..config import Config
 from ..errors import Conflict, NotFound, PypodError, UsageError
 from . import status as status_mod
-from .manifest import App, PodManifest, resolve_process
+from .manifest import App, PodManifest, Resources, Volume, resolve_process
 from .state import RUN_DIR, LockedPod, Pod, PodStore
 
 if TYPE_CHECKING:
@@ -227,7 +227,8 @@ class Engine:
         hostname = manifest.hostname or f"pypod-{pod.uuid[:8]}"
         cfg = PodConfig(
             id=pod.uuid, dir=str(pod.path), hostname=hostname if network != "host" else None,
-            share_pid=manifest.pid_mode == "pod", network=network,
+            share_pid=manifest.pid_mode == "pod", host_pid=manifest.pid_mode == "host", network=network,
+            ipc="host" if manifest.ipc_mode == "host" else "private",
             uts="host" if network == "host" else "private",
             runtime=manifest.runtime or self.config.runtime,
             etc_hosts=str(etc / "hosts") if (etc / "hosts").exists() else None,
@@ -337,7 +338,8 @@ class Engine:
                        readonly_rootfs=app.readonly_rootfs, mounts=mounts, resources=resources,
                        oom_score_adj=app.oom_score_adj, annotations=dict(app.annotations))
         isolation.app_spec(spec, manifest, app, pod.path)
-        return AppConfig(name=app.name, spec=spec, stdin=proc.stdin, log_size_max=self.config.log_size_max)
+        return AppConfig(name=app.name, spec=spec, stdin=proc.stdin, stdin_once=app.stdin_once,
+                         log_path=app.log_path, log_size_max=self.config.log_size_max)
 
     def _volume_mount(self, pod: Pod, manifest: PodManifest, m: Any):
         from ..stage1.spec import Mount
@@ -364,7 +366,10 @@ class Engine:
         return Mount.bind(str(path), m.target, readonly=ro, propagation=prop)
 
     # -- mutable pods ---------------------------------------------------------------------------
-    def app_add(self, ref: str, app: App, *, start: bool = False, pull: str = "new") -> None:
+    def app_add(self, ref: str, app: App, *, start: bool = False, pull: str = "new",
+                volumes: Sequence["Volume"] = ()) -> None:
+        """Add an app to a running mutable pod. ``volumes`` are added to the pod for the app's
+        mounts (a volume of the same name must be the same volume)."""
         pod = self._running(ref)
         img = self.resolve_image(app.image, pull=pull)
         app.image_id = img.id
@@ -372,6 +377,12 @@ class Engine:
             manifest = pod.manifest()
             if manifest.app(app.name) is not None:
                 raise Conflict(f"pod {pod.uuid} already has an app {app.name!r}")
+            for vol in volumes:
+                known = manifest.volume(vol.name)
+                if known is None:
+                    manifest.volumes.append(vol)
+                elif known != vol:
+                    raise Conflict(f"pod {pod.uuid} already has another volume {vol.name!r}")
             manifest.apps.append(app)
             manifest.validate()
             flavor = self._flavor(manifest)
@@ -417,7 +428,11 @@ class Engine:
         return next(a for a in self.status(pod.uuid).apps if a.name == name)
 
     def app_rm(self, ref: str, name: str) -> None:
-        pod = self._running(ref)
+        """Remove an app (stopping it first) from a running pod, or what is left of it in an
+        exited one (its rootfs, files and manifest entry)."""
+        pod = self.pods.get(ref)
+        if pod.dir != RUN_DIR:
+            raise Conflict(f"pod {pod.uuid} is {pod.state}: its apps go with it")
         with pod.mutation_lock() as dfd:
             manifest = pod.manifest()
             self._need_app(pod, manifest, name)
@@ -431,6 +446,50 @@ class Engine:
             _save_manifest(dfd, manifest)
             pod.status().remove_app(name)
         self._emit(events.APP_REMOVED, pod=pod.uuid, app=name)
+
+    def app_update(self, ref: str, name: str, resources: "Resources") -> None:
+        """Change a running app's resource limits (the runtime's ``update``); the manifest keeps
+        them for restarts."""
+        from ..stage1 import cgroups
+
+        pod = self._running(ref)
+        with pod.mutation_lock() as dfd:
+            manifest = pod.manifest()
+            app = self._need_app(pod, manifest, name)
+            app.resources = resources
+            manifest.validate()
+            oci = cgroups.resources(memory=resources.memory, cpu_limit_millis=resources.cpu,
+                                    cpu_shares=resources.cpu_shares, pids=resources.pids)
+            oci.pop("devices", None)  # the device rules stay as created
+            self._stage1_call(manifest, "update_app")(self._pod_config(pod, manifest), name, oci)
+            _save_manifest(dfd, manifest)
+
+    def reopen_log(self, ref: str, name: str) -> None:
+        """Have a running app's monitor reopen its log (after a rotation renamed it away);
+        returns once the new file exists."""
+        pod = self._running(ref)
+        manifest = pod.manifest()
+        self._need_app(pod, manifest, name)
+        self._stage1_call(manifest, "reopen_log")(self._pod_config(pod, manifest), name)
+
+    def resize(self, ref: str, name: str, height: int, width: int) -> None:
+        """Resize a running terminal app's tty (what its attached clients see)."""
+        pod = self._running(ref)
+        manifest = pod.manifest()
+        self._need_app(pod, manifest, name)
+        self._stage1_call(manifest, "resize")(self._pod_config(pod, manifest), name, height, width)
+
+    def netns(self, ref: str) -> str | None:
+        """The path of a running pod's network namespace; None when the pod uses the host's."""
+        pod = self._running(ref)
+        mode = self._net_mode(pod)
+        return None if mode == "host" else mode
+
+    def _stage1_call(self, manifest: PodManifest, method: str) -> Callable:
+        fn = getattr(self._flavor(manifest), method, None)
+        if fn is None:
+            raise UsageError(f"stage1 {manifest.stage1} cannot {method.replace('_', ' ')}")
+        return fn
 
     def _running(self, ref: str) -> Pod:
         pod = self.pods.get(ref)
@@ -760,11 +819,12 @@ class Engine:
         pod = self.pods.get(ref)
         manifest = pod.manifest()
         name = self._default_app(pod, manifest, app)
-        return pod.path / "stage1" / "apps" / name / "ctr.log"
+        return self.log_paths(pod.uuid)[name]
 
     def log_paths(self, ref: str) -> dict[str, Path]:
         pod = self.pods.get(ref)
-        return {a.name: pod.path / "stage1" / "apps" / a.name / "ctr.log" for a in pod.manifest().apps}
+        return {a.name: Path(a.log_path) if a.log_path else pod.path / "stage1" / "apps" / a.name / "ctr.log"
+                for a in pod.manifest().apps}
 
     def attach_socket(self, ref: str, app: str | None) -> str:
         pod = self._running(ref)

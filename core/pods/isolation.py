@@ -15,6 +15,8 @@ App isolators (JSON keys; rkt's appc names are accepted as aliases)::
         aliases "os/linux/seccomp-retain-set" / "...-remove-set": {"set": [...], "errno": ...}
     "noNewPrivileges": true          alias "os/linux/no-new-privileges"
     "privileged": true
+    "maskedPaths": ["/proc/kcore", ...], "readonlyPaths": ["/proc/sys", ...]
+        replace the default kernel path lists (what the kubelet sends through the CRI)
 
 Pod isolators::
 
@@ -78,7 +80,8 @@ _APPC = {"os/linux/capabilities-retain-set": ("capabilities", "retain"),
          "os/linux/seccomp-retain-set": ("seccomp", "retain"),
          "os/linux/seccomp-remove-set": ("seccomp", "remove"),
          "os/linux/no-new-privileges": ("noNewPrivileges", None)}
-APP_ISOLATORS = ("capabilities", "seccomp", "noNewPrivileges", "privileged", *_APPC)
+APP_ISOLATORS = ("capabilities", "seccomp", "noNewPrivileges", "privileged", "maskedPaths", "readonlyPaths",
+                 *_APPC)
 POD_ISOLATORS = ("privileged", "sysctl", "sysctls", "privateUsers")
 
 #: Sysctls that live in a namespace the pod owns (and which one), as podman and the kubelet
@@ -237,6 +240,18 @@ class AppPolicy:
     seccomp: Any            # None: the default profile; "unconfined"; a retain/remove dict; {"profile": ...}
     no_new_privileges: bool
     privileged: bool
+    masked_paths: list[str] | None = None    # None: the defaults of pypod.stage1.spec
+    readonly_paths: list[str] | None = None
+
+
+def _paths(iso: Mapping[str, Any], key: str) -> list[str] | None:
+    v = iso.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(p, str) and p.startswith("/") and "\0" not in p
+                                          and ".." not in p.split("/") for p in v):
+        raise UsageError(f"{key}: expected a list of absolute paths")
+    return list(v)
 
 
 def app_policy(pod: "PodManifest", app: "App") -> AppPolicy:
@@ -281,7 +296,8 @@ def app_policy(pod: "PodManifest", app: "App") -> AppPolicy:
             except Stage1Error as e:
                 raise UsageError(f"seccomp: {e}") from None
     nnp = _flag(iso, "noNewPrivileges") or _flag(iso, "os/linux/no-new-privileges")
-    return AppPolicy(capabilities=caps, seccomp=sc, no_new_privileges=nnp, privileged=privileged)
+    return AppPolicy(capabilities=caps, seccomp=sc, no_new_privileges=nnp, privileged=privileged,
+                     masked_paths=_paths(iso, "maskedPaths"), readonly_paths=_paths(iso, "readonlyPaths"))
 
 
 def _flag(iso: Mapping[str, Any], key: str) -> bool:
@@ -431,6 +447,10 @@ def app_spec(spec: "AppSpec", manifest: "PodManifest", app: "App", pod_dir: str 
             spec.seccomp = seccomp.from_rkt(policy.seccomp, policy.capabilities)
     except Stage1Error as e:
         raise UsageError(f"app {app.name!r}: seccomp: {e}") from None
+    if policy.masked_paths is not None:
+        spec.masked_paths = tuple(policy.masked_paths)
+    if policy.readonly_paths is not None:
+        spec.readonly_paths = tuple(policy.readonly_paths)
     if policy.privileged:
         spec.masked_paths, spec.readonly_paths = (), ()
         spec.readonly_sys = False

@@ -15,7 +15,8 @@ JSON keys are camelCase (appc's style); Python attributes are snake_case. A docu
                "resources": {"memory": 134217728, "cpu": "500m", "cpuShares": 512, "pids": 100},
                "restartPolicy": {"policy": "on-failure", "maxRetries": 3, "backoff": 1.0,
                                  "maxBackoff": 300.0},
-               "readOnlyRootfs": false, "stdin": false, "tty": false, "oomScoreAdj": 0,
+               "readOnlyRootfs": false, "stdin": false, "stdinOnce": false, "tty": false, "oomScoreAdj": 0,
+               "logPath": "/var/log/pods/ns_web_1/web/0.log",
                "annotations": {}, "labels": {}, "isolators": {}}],
      "volumes": [{"name": "data", "kind": "host", "source": "/srv/data", "readOnly": false,
                   "propagation": "rslave"}],
@@ -231,8 +232,10 @@ class App:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     readonly_rootfs: bool = False
     stdin: bool = False
+    stdin_once: bool = False  # stdin closes when the first attached client closes its stdin
     tty: bool = False
     oom_score_adj: int | None = None
+    log_path: str | None = None  # the app's CRI log file (absolute); None: in the pod's stage1 dir
     annotations: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     isolators: dict[str, Any] = field(default_factory=dict)
@@ -460,6 +463,10 @@ def _validate_app(app: App, p: str, volumes: Mapping[str, Volume]) -> None:
     if not rs.max_backoff >= rs.backoff:
         raise _fail(rsp + ".maxBackoff", f"must be at least backoff ({rs.backoff}), not {rs.max_backoff}")
     _check_int(app.oom_score_adj, p + ".oomScoreAdj", -1000, 1000)
+    if app.stdin_once and not app.stdin:
+        raise _fail(p + ".stdinOnce", "needs stdin")
+    if app.log_path is not None:
+        _check_abs_path(app.log_path, p + ".logPath")
     _check_map(app.annotations, p + ".annotations")
     _check_map(app.labels, p + ".labels")
 
@@ -740,8 +747,9 @@ def _app_from(o: _Obj) -> App:
                                     backoff=rp.f("backoff", 1.0), max_backoff=rp.f("maxBackoff", 300.0))
         rp.done()
     app.readonly_rootfs = o.b("readOnlyRootfs")
-    app.stdin, app.tty = o.b("stdin"), o.b("tty")
+    app.stdin, app.stdin_once, app.tty = o.b("stdin"), o.b("stdinOnce"), o.b("tty")
     app.oom_score_adj = o.i("oomScoreAdj")
+    app.log_path = o.s("logPath")
     app.annotations, app.labels = o.smap("annotations"), o.smap("labels")
     app.isolators = o.anymap("isolators")
     o.done()
@@ -846,10 +854,12 @@ def _app_to_dict(a: App) -> dict[str, Any]:
         _put(rp, "maxRetries", a.restart.max_retries)
         rp["backoff"], rp["maxBackoff"] = a.restart.backoff, a.restart.max_backoff
         d["restartPolicy"] = rp
-    for key, flag in (("readOnlyRootfs", a.readonly_rootfs), ("stdin", a.stdin), ("tty", a.tty)):
+    for key, flag in (("readOnlyRootfs", a.readonly_rootfs), ("stdin", a.stdin), ("stdinOnce", a.stdin_once),
+                      ("tty", a.tty)):
         if flag:
             d[key] = True
     _put(d, "oomScoreAdj", a.oom_score_adj)
+    _put(d, "logPath", a.log_path)
     _put(d, "annotations", dict(a.annotations))
     _put(d, "labels", dict(a.labels))
     _put(d, "isolators", dict(a.isolators))

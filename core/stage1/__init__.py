@@ -59,6 +59,7 @@ class PodConfig:
     dir: str
     hostname: str | None = None
     share_pid: bool = False
+    host_pid: bool = False              # apps share the host's pid namespace (not the infra's)
     network: str = "private"
     ipc: str = "private"
     uts: str = "private"
@@ -87,6 +88,7 @@ class AppConfig:
     name: str
     spec: "AppSpec"
     stdin: bool = False                 # keep a stdin pipe (attach can write to it)
+    stdin_once: bool = False            # close it when the first attach client ends its stdin
     log_path: str | None = None         # CRI log file; default <dir>/stage1/apps/<name>/ctr.log
     log_size_max: int | None = None
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import time
 from dataclasses import replace
 from typing import Mapping, Sequence
@@ -144,6 +145,8 @@ class OciStage1:
         changes: dict = {"cgroups_path": cgroups.app_path(pod.id, app.name, parent)}
         if dict(s.namespaces) == _DEFAULT_NS:
             changes["namespaces"] = inf.app_namespaces()
+            if pod.host_pid:
+                changes["namespaces"].pop("pid", None)
         if s.hostname is None and pod.hostname and pod.uts == "private":
             changes["hostname"] = pod.hostname
         for attr in ("etc_hosts", "etc_resolv_conf", "etc_hostname"):
@@ -158,13 +161,14 @@ class OciStage1:
         spec_mod.write_json(os.path.join(files.bundle, "config.json"), config)
         log_path = app.log_path or os.path.join(files.bundle, "ctr.log")
         spec_mod.write_json(os.path.join(files.bundle, "app.json"), {
-            "name": app.name, "stdin": app.stdin, "log_path": log_path,
+            "name": app.name, "stdin": app.stdin, "stdin_once": app.stdin_once, "log_path": log_path,
             "log_size_max": app.log_size_max})
         files = self._files(pod, app.name)
         exit_cmd = [*pod.exit_command, pod.id, app.name] if pod.exit_command else []
         try:
             conmon.create(rt, files, cgroup=cgroups.conmon_path(pod.id, parent), env=pod.exit_env,
-                          stdin=app.stdin, leave_stdin_open=app.stdin, terminal=s.terminal,
+                          stdin=app.stdin, leave_stdin_open=app.stdin and not app.stdin_once,
+                          terminal=s.terminal,
                           log_size_max=app.log_size_max, exit_command=exit_cmd)
         except BaseException:
             self._discard_app(pod, app.name, rt)
@@ -195,6 +199,41 @@ class OciStage1:
         sig = signal if isinstance(signal, int) else str(signal).upper().removeprefix("SIG")
         if not self._runtime(pod).kill(files.cid, sig):
             raise Conflict(f"app {name!r} is not running")
+
+    def update_app(self, pod: PodConfig, name: str, resources: dict) -> None:
+        """Change a created or running app's cgroup limits (OCI ``linux.resources``, the
+        runtime's ``update``); its config.json is rewritten so a restart keeps them."""
+        files = self._need_app(pod, name)
+        if self._app_status(pod, name, files).state not in ("created", "running"):
+            raise Conflict(f"app {name!r} is not running")
+        self._runtime(pod).update(files.cid, resources)
+        path = os.path.join(files.bundle, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config.setdefault("linux", {})["resources"] = dict(config["linux"].get("resources") or {}, **resources)
+        spec_mod.write_json(path, config)
+
+    def reopen_log(self, pod: PodConfig, name: str, timeout: float = 10.0) -> None:
+        """Have the app's conmon reopen its log file (after the caller renamed it away), and
+        return once the new file is in place. conmon replaces the file at the log path with a
+        new, empty one (whatever is there is dropped), asynchronously: wait for the new inode."""
+        files = self._need_app(pod, name)
+        if conmon.conmon_pid(files) is None:
+            raise Conflict(f"app {name!r} has no running monitor")
+        before = _ino(files.log_path)
+        conmon.reopen_log(files)
+        deadline = time.monotonic() + timeout
+        while _ino(files.log_path) in (None, before):
+            if time.monotonic() > deadline or conmon.conmon_pid(files) is None:
+                raise Stage1Error(f"conmon of app {name!r} did not reopen its log {files.log_path}")
+            time.sleep(0.005)
+
+    def resize(self, pod: PodConfig, name: str, height: int, width: int) -> None:
+        """Resize a terminal app's tty."""
+        files = self._need_app(pod, name)
+        if conmon.conmon_pid(files) is None:
+            raise Conflict(f"app {name!r} has no running monitor")
+        conmon.resize(files, height, width)
 
     def remove_app(self, pod: PodConfig, name: str) -> None:
         self._need_app(pod, name)
@@ -234,7 +273,8 @@ class OciStage1:
         process = spec_mod.exec_process(config, args, terminal=tty)
         work = os.path.join(self._root(pod), "exec")
         os.makedirs(work, exist_ok=True)
-        path = os.path.join(work, f"enter-{os.getpid()}.json")
+        fd, path = tempfile.mkstemp(prefix="enter-", suffix=".json", dir=work)  # one per caller
+        os.close(fd)
         spec_mod.write_json(path, process)
         return self._runtime(pod).argv("exec", "--process", path, files.cid)
 
@@ -369,6 +409,13 @@ def _touch(path: str) -> None:
     with open(path, "a"):
         pass
     os.utime(path)
+
+
+def _ino(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _mtime(path: str) -> float | None:

@@ -326,9 +326,13 @@ def test_write_json_is_atomic(tmp_path):
 def test_crun_private_mount_prefix_hides_cgroup2():
     prefix = crun_private_mount_prefix("/usr/bin/crun")
     assert prefix[0].endswith("unshare") and prefix[1] == "-m"
-    assert prefix[2:4] == ("/bin/sh", "-c")
-    assert "umount /sys/fs/cgroup/unified" in prefix[4] and 'exec "$0" "$@"' in prefix[4]
-    assert prefix[5] == "/usr/bin/crun"
+    assert prefix[2:4] == ("--propagation", "unchanged")  # rshared volumes reach the host
+    assert prefix[4:6] == ("/bin/sh", "-c")
+    script = prefix[6]
+    # made private before the umount, which therefore stays in this namespace
+    assert script.index("mount --make-private /sys/fs/cgroup/unified") < script.index("umount /sys/fs/cgroup/unified")
+    assert 'exec "$0" "$@"' in script
+    assert prefix[7] == "/usr/bin/crun"
 
 
 def test_runtime_argv_and_conmon_args():
