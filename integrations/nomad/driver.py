@@ -198,8 +198,13 @@ class Plugin:
         return t
 
     def shutdown(self) -> None:
+        """Stop copying logs at a batch boundary (the next plugin resumes from the saved position)."""
         for t in self.tasks.values():
             t.stop_copy.set()
+        deadline = time.monotonic() + 0.5
+        for t in self.tasks.values():
+            if t.copy_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                t.copy_lock.release()
 
 
 async def _wait_done(task: Task, timeout: float | None = None) -> bool:

@@ -279,11 +279,12 @@ class LogCopier:
         self.fds[stream] = fd
         return fd
 
-    def pump(self) -> bool:
-        """Deliver what the log has now; False when a reader was missing (retry later)."""
+    def pump(self, stop: threading.Event | None = None) -> bool:
+        """Deliver what the log has now; False when a reader was missing (retry later). Stops
+        between two batches once ``stop`` is set (the position is saved after every batch)."""
         ok = True
-        while True:
-            records = self.copier.read()
+        while stop is None or not stop.is_set():
+            records = self.copier.read(256 << 10)
             if not records:
                 break
             delivered = None
@@ -342,6 +343,7 @@ class Task:
         self.completed_at: float | None = None
         self.done = threading.Event()
         self.stop_copy = threading.Event()
+        self.copy_lock = threading.Lock()  # held while a batch is being delivered
         self._on_exit = on_exit
         self.pos_file = pos_dir / f"{state.uuid}.json"
         self.thread = threading.Thread(target=self._watch, name=f"task-{state.uuid[:8]}", daemon=True)
@@ -361,7 +363,8 @@ class Task:
         result: Exit
         while True:
             if copier is not None and not self.stop_copy.is_set():
-                copier.pump()
+                with self.copy_lock:
+                    copier.pump(self.stop_copy)
             try:
                 info = self.engine.wait(self.state.uuid, timeout=0.1)
             except TimeoutError:
@@ -383,7 +386,10 @@ class Task:
             break
         if copier is not None:  # the log is complete once the pod has exited: deliver the rest
             deadline = time.monotonic() + 10
-            while not self.stop_copy.is_set() and not copier.pump() and time.monotonic() < deadline:
+            while not self.stop_copy.is_set() and time.monotonic() < deadline:
+                with self.copy_lock:
+                    if copier.pump(self.stop_copy):
+                        break
                 time.sleep(0.1)
             copier.close()
         self.exit = result

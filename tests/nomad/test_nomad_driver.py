@@ -468,3 +468,25 @@ def test_capabilities_sysctls_readonly_rootfs(plugin, alloc, agent_config):
                                    capture_output=True, text=True, check=True).stdout)
     assert st["labels"]["team"] == "infra" and st["labels"]["com.hashicorp.nomad.task_name"] == "caps"
     destroy(plugin, cfg.id)
+
+
+def test_chatty_task_output_is_exact_across_a_plugin_restart(agent_config, alloc):
+    """A task writing numbered lines while the plugin is shut down and a new one recovers it:
+    Nomad's log gets every line once, in order."""
+    pl = Plugin()
+    pl.set_config(agent_config)
+    cfg, resp = start(pl, alloc, "chatty", {"command": "/bin/sh", "args": [
+        "-c", "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; [ $((i % 300)) -eq 0 ] && sleep 0.2; done"]})
+    assert until(lambda: "line-600\n" in alloc.read_log("chatty"), 20)
+    assert pl.shutdown() < 2.0
+    time.sleep(0.5)
+    pl2 = Plugin()
+    try:
+        pl2.set_config(agent_config)
+        pl2.driver.RecoverTask(D.RecoverTaskRequest(handle=resp.handle), timeout=30)
+        assert wait(pl2, cfg.id).exit_code == 0
+        want = "".join(f"line-{i}\n" for i in range(1, 3001))
+        assert until(lambda: alloc.read_log("chatty") == want, 20), alloc.read_log("chatty")[-200:]
+        destroy(pl2, cfg.id)
+    finally:
+        pl2.kill()
