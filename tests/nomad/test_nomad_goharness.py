@@ -61,6 +61,7 @@ def build_harness() -> Path:
     return binary
 
 
+@pytest.mark.timeout(1200)  # the first build downloads and compiles go-plugin, grpc and protobuf
 @pytest.mark.usefixtures("leak_check")
 def test_go_plugin_client_drives_the_driver(agent_config, tmp_path):
     binary = build_harness()
