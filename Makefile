@@ -8,7 +8,7 @@ DEBS := crun runc conmon catatonit containernetworking-plugins docker-registry b
         iptables iproute2 util-linux zstd skopeo umoci podman hyperfine
 PYTEST_ARGS ?=
 
-.PHONY: all deps system-deps python-deps test unit functional demo bench clean
+.PHONY: all deps system-deps python-deps cri-tools test unit functional demo bench clean
 
 all: test
 
@@ -27,11 +27,15 @@ python-deps: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,nomad,mesos]' && $(PY) -m pip install -q --no-deps 'pymesos==0.3.15'
+	$(PY) -m pip install -q -e '.[test,nomad,mesos,cri]' && $(PY) -m pip install -q --no-deps 'pymesos==0.3.15'
 	$(PY) -m compileall -q core  # the CLI starts faster where PYTHONDONTWRITEBYTECODE is set
 	touch $@
 
-test: deps
+# crictl and critest (cri-tools v1.37.0) from the Go module proxy into .tools/bin, built once.
+cri-tools:
+	tests/cri/build_tools.sh .tools
+
+test: deps cri-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: python-deps

@@ -1,0 +1,1 @@
+"""pypod's CRI (runtime.v1) protocol: ``cri.proto`` and its generated stubs (see ``generate``)."""

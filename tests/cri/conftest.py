@@ -1,0 +1,65 @@
+"""Fixtures for the CRI tests: one pypod-cri per session (with its registry and images), and a
+leak check that nothing of its pods stays on the machine."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from cri_env import CriEnv, tools_available  # noqa: E402
+
+from support.leaks import Snapshot, leaked  # noqa: E402
+
+
+def _pod_ids(data_dir: Path) -> set[str]:
+    import json
+
+    ids = set()
+    for log in data_dir.glob("events.log*"):
+        for line in log.read_text().splitlines():
+            try:
+                pod = json.loads(line).get("pod")
+            except ValueError:
+                continue
+            if pod:
+                ids.add(pod)
+    return ids
+
+
+@pytest.fixture(scope="session")
+def cri(tmp_path_factory, subreaper):
+    """pypod-cri serving on a socket of its own, images pushed to a local registry."""
+    if os.geteuid() != 0:
+        pytest.skip("pypod-cri runs pods: it needs root")
+    why = tools_available()
+    if why:
+        pytest.skip(why)
+    pytest.importorskip("grpc", reason="the cri extra is not installed")
+    work = tmp_path_factory.mktemp("cri")
+    cache = Path(os.environ.get("PYPOD_CRI_IMAGE_CACHE", tmp_path_factory.getbasetemp() / "cri-images"))
+    before = Snapshot.take(str(work))
+    env = CriEnv(work, cache=cache)
+    try:
+        env.start()
+        yield env
+    finally:
+        env.stop()
+    left = leaked(before, str(work), ids=_pod_ids(env.data_dir) | {str(work)})
+    assert not left, f"leaked: {left}"
+
+
+@pytest.fixture(scope="session")
+def subreaper():
+    """conmon daemonizes; pytest adopts and reaps what pypod-cri's children leave (as the
+    functional tests do)."""
+    if os.geteuid() == 0:
+        from pypod.stage1 import conmon
+
+        conmon.become_subreaper()
