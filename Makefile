@@ -47,6 +47,7 @@ demo: deps
 bench: deps
 	$(PY) bench/unpack.py
 	$(PY) bench/pull.py
+	$(PY) bench/pods.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
