@@ -113,9 +113,15 @@ class Infra:
     def load(cls, dir: str) -> "Infra":
         try:
             with open(os.path.join(dir, "infra.json")) as f:
-                return cls(**json.load(f))
+                rec = json.load(f)
         except FileNotFoundError:
             raise Stage1Error(f"no infra recorded in {dir}") from None
+        if rec["dir"] != dir:  # the pod dir moved (run/ → exited-garbage/): its files moved with it
+            old, new = os.path.dirname(rec["dir"]), os.path.dirname(dir)
+            if rec["exit_dir"].startswith(old + os.sep):
+                rec["exit_dir"] = new + rec["exit_dir"][len(old):]
+            rec["dir"] = dir
+        return cls(**rec)
 
     def destroy(self, runtime: Runtime) -> None:
         """Kill and delete the infra container and unpin its namespaces (idempotent)."""
