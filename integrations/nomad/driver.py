@@ -381,7 +381,7 @@ class DriverService(_Base, driver_pb2_grpc.DriverServicer):
         started = time.time()
         uuid = await p.run(engine.run, manifest, pull="never")
         info = await p.run(engine.status, uuid)
-        addr = info.ip or "" if manifest.netns is None else ""
+        addr = (info.ip or "") if manifest.netns is None else ""  # a group network's address is Nomad's
         state = DriverState(uuid=uuid, app=app, started_at=started, image=image, port_map=port_map,
                             addr=addr.split("/")[0])
         p.adopt(cfg, state)
