@@ -270,7 +270,14 @@ def _foreground(engine, uuid: str, grace: float) -> int:
     paths = engine.log_paths(uuid)
     prefix = len(paths) > 1
     pod = engine.pods.get(uuid)
-    for e in logs.follow(paths, done=lambda: not pod.refresh().is_running):
+
+    def done() -> bool:
+        if not pod.refresh().is_running:
+            return True
+        engine.poll_exits(uuid)
+        return False
+
+    for e in logs.follow(paths, done=done):
         out = sys.stdout if e.stream == "stdout" else sys.stderr
         out.write(f"{e.app}: {e.text}" if prefix else e.text)
         out.flush()

@@ -536,6 +536,20 @@ class Engine:
         if not manifest.mutable and not stopping and self._pod_should_exit(pod, manifest, info):
             self.stop(uuid, grace=DEFAULT_STOP_GRACE, _from_hook=True)
 
+    def poll_exits(self, ref: str) -> None:
+        """Apply app exits now rather than when conmon's hook process gets to them (a cold Python
+        start): a foreground ``run`` calls this while it waits. Both paths are idempotent."""
+        pod = self.pods.find(ref)
+        if pod is None or pod.dir != RUN_DIR:
+            return
+        manifest = pod.manifest()
+        live = self._flavor(manifest).status(self._pod_config(pod, manifest)).apps
+        area = pod.status()
+        for name, st in live.items():
+            rec = area.app(name)
+            if st.state == "exited" and (rec is None or rec.state != status_mod.APP_EXITED):
+                self.on_app_exited(pod.uuid, name)
+
     def _record_exit(self, pod: Pod, manifest: PodManifest, name: str) -> AppInfo | None:
         flavor = self._flavor(manifest)
         st = flavor.status(self._pod_config(pod, manifest)).apps.get(name)
