@@ -154,7 +154,8 @@ class OciStage1:
                 changes[attr] = getattr(pod, attr)
         if "user" in inf.namespaces:  # the pod's user namespace: joined, with its mappings (runc wants them)
             changes["uid_mappings"], changes["gid_mappings"] = list(pod.uid_mappings), list(pod.gid_mappings)
-            changes["rootfs"] = _reachable_rootfs(self._record(pod)["run_root"], pod.id, app.name, s.rootfs)
+            changes["rootfs"] = _reachable_rootfs(self._record(pod)["run_root"], pod.id, app.name, s.rootfs,
+                                                  owner=(pod.uid_mappings[0]["hostID"], pod.gid_mappings[0]["hostID"]))
         s = replace(s, **changes)
         config = spec_mod.generate(s, cgroup_v2=cgroups.detect().mode == "v2")
         os.makedirs(files.bundle, exist_ok=True)
@@ -366,20 +367,25 @@ class OciStage1:
         return st
 
 
-def _reachable_rootfs(run_root: str, pod_id: str, app: str, rootfs: str) -> str:
+def _reachable_rootfs(run_root: str, pod_id: str, app: str, rootfs: str, owner: tuple[int, int]) -> str:
     """Where an app in a user namespace finds its rootfs: the runtime sets the rootfs up from
     inside the namespace, as the pod's (unprivileged) root, which cannot traverse a 0700 data
     dir; bind mount sources are opened from the host side and need nothing. So the rootfs is
-    bound at ``<run_root>/pods/<pod>/rootfs/<app>`` (directories 0711)."""
+    bound at ``<run_root>/pods/<pod>/rootfs/<app>``: the directories above ``rootfs`` are made
+    traversable (0711), ``rootfs`` itself is the pod root's own and 0700, so no other host user
+    can reach the apps' files through it."""
     from . import mounts
 
     top = os.path.join(run_root, "pods", pod_id, "rootfs")
     target = os.path.join(top, app)
-    for d in (run_root, os.path.join(run_root, "pods"), os.path.dirname(top), top):
+    for d in (run_root, os.path.join(run_root, "pods"), os.path.dirname(top)):
         os.makedirs(d, exist_ok=True)
         if os.stat(d).st_mode & 0o711 != 0o711:
             os.chmod(d, os.stat(d).st_mode & 0o7777 | 0o711)
-    os.makedirs(target, mode=0o711, exist_ok=True)
+    os.makedirs(top, mode=0o700, exist_ok=True)
+    os.chown(top, *owner)
+    os.chmod(top, 0o700)
+    os.makedirs(target, mode=0o755, exist_ok=True)
     if not mounts.is_mountpoint(target):
         mounts.bind(rootfs, target)
     return target

@@ -336,6 +336,11 @@ def test_private_users_rootfs_volumes_and_ranges(pods: Pypod, runtime: str, tmp_
     assert (hv / "root-owned").read_text() == "host root's\n"
     assert subprocess.run(["grep", "-c", f"pods/{uuid}/rootfs", "/proc/self/mountinfo"],
                           capture_output=True, text=True).stdout.strip() == "1"
+    reach = Path(f"/run/pypod/pods/{uuid}/rootfs")  # where the runtime found the rootfs...
+    assert (reach.stat().st_uid, reach.stat().st_mode & 0o777) == (base, 0o700)
+    other_user = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "ls",
+                                 str(reach / "busybox" / "tmp")], capture_output=True, text=True)
+    assert other_user.returncode != 0 and "Permission denied" in other_user.stderr  # ...is the pod's only
     pods("stop", "--force", uuid, other)
     pods("gc", "--grace-period", "0s")
     assert _claims_of(uuid) == [] and _claims_of(other) == []  # freed at gc
