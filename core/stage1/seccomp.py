@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from . import Stage1Error
 

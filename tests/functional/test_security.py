@@ -10,7 +10,6 @@ opened for writing but nothing is written, kernel modules are junk, signals go t
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
