@@ -102,10 +102,16 @@ class Plugin:
         return time.monotonic() - t
 
     def kill(self) -> None:
+        """SIGKILL (a crash, or go-plugin's kill after the 2 s); the socket file stays behind, as
+        it would on a host: the test removes it to leave the machine clean."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
         self.channel.close()
+        try:
+            os.unlink(self.address)
+        except OSError:
+            pass
 
     def set_config(self, values: dict | None = None, nomad: bool = True) -> None:
         spec = self.base.ConfigSchema(base_pb2.ConfigSchemaRequest()).spec
