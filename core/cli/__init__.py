@@ -79,6 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ENGINE_ERROR
 
 
+def each(items: Sequence[str], action: Callable[[str], str]) -> int:
+    """Apply ``action`` to every item, printing what it returns; a failure is reported on one line
+    and the others still run. The exit code says whether any failed."""
+    from ..errors import PypodError
+
+    failed = 0
+    for item in items:
+        try:
+            print(action(item))
+        except PypodError as e:
+            print(f"pypod: {e}", file=sys.stderr)
+            failed += 1
+    return ENGINE_ERROR if failed else 0
+
+
 def config_of(args: argparse.Namespace):
     from .. import config
 

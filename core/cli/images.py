@@ -152,20 +152,16 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from ..errors import PypodError
+    from . import each
 
     require_root("images")
     store = _store(args)
-    failed = 0
-    for name in args.images:
-        try:
-            removed = store.remove(name, force=args.force)
-        except PypodError as e:
-            print(f"pypod: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"removed {removed[0]}" if removed else f"untagged {name}")
-    return 254 if failed else 0
+
+    def rm(name: str) -> str:
+        removed = store.remove(name, force=args.force)
+        return f"removed {removed[0]}" if removed else f"untagged {name}"
+
+    return each(args.images, rm)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from . import config_of
+from . import config_of, each
 
 RUN_EXTRA = {"--detach": False, "-d": False, "--uuid-file-save": True, "--pull-policy": True,
              "--quiet": False, "-q": False, "--grace-period": True}
@@ -433,37 +433,21 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 # -- changing pods ------------------------------------------------------------------------------
 def cmd_stop(args: argparse.Namespace) -> int:
-    from ..errors import PypodError
-
     _require_root()
     engine = _engine(args)
-    uuids = args.uuids or [_uuid(args, None)]
-    failed = 0
-    for u in uuids:
-        try:
-            pod = engine.stop(u, grace=_duration(args.grace_period) or 0.0, force=args.force)
-            print(pod.uuid)
-        except PypodError as e:
-            print(f"pypod: {e}", file=sys.stderr)
-            failed += 1
-    return 254 if failed else 0
+    grace = _duration(args.grace_period) or 0.0
+    return each(args.uuids or [_uuid(args, None)], lambda u: engine.stop(u, grace=grace, force=args.force).uuid)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from ..errors import PypodError
-
     _require_root()
     engine = _engine(args)
-    uuids = args.uuids or [_uuid(args, None)]
-    failed = 0
-    for u in uuids:
-        try:
-            engine.rm(u)
-            print(f"removed {u}")
-        except PypodError as e:
-            print(f"pypod: {e}", file=sys.stderr)
-            failed += 1
-    return 254 if failed else 0
+
+    def rm(uuid: str) -> str:
+        engine.rm(uuid)
+        return f"removed {uuid}"
+
+    return each(args.uuids or [_uuid(args, None)], rm)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
