@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 from . import ExecResult, Stage1Error
+from .files import read_int as _read_int
 from .runtime import Runtime, RuntimeFailure, which
 
 _DEFAULT_ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -271,19 +272,11 @@ def create(runtime: Runtime, files: Files, *, cgroup: str | None = None,
         except Stage1Error:
             pass
         raise RuntimeFailure(f"{runtime.name} create {files.cid}: {text.strip()}", 1, text)
-    return Created(files.cid, int(msg["data"]), _read_pid(files.conmon_pidfile), files)
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
+    return Created(files.cid, int(msg["data"]), _read_int(files.conmon_pidfile), files)
 
 
 def _kill_conmon(files: Files) -> None:
-    pid = _read_pid(files.conmon_pidfile)
+    pid = _read_int(files.conmon_pidfile)
     if pid:
         try:
             os.kill(pid, 9)
@@ -293,7 +286,7 @@ def _kill_conmon(files: Files) -> None:
 
 def conmon_pid(files: Files) -> int | None:
     """The pid of the conmon watching ``files.cid`` if it still runs."""
-    pid = _read_pid(files.conmon_pidfile)
+    pid = _read_int(files.conmon_pidfile)
     if pid is None:
         return None
     try:
@@ -369,25 +362,61 @@ def wait_exit(files: Files, timeout: float | None, pid: int | None = None) -> in
 
 
 def stop(runtime: Runtime, files: Files, *, grace: float = 10.0, pid: int | None = None,
-         signal: str = "TERM", kill_all: bool = True) -> int | None:
+         signal: str = "TERM", kill_all: bool = True, cgroup: str | None = None) -> int | None:
     """Stop a container: ``signal`` to its init, SIGKILL to all its processes after ``grace``.
 
     Returns the recorded exit code (None if conmon is gone without recording one). ``kill_all``
     also SIGKILLs leftovers once init has exited (needed when the pid namespace is the pod's).
+    With ``cgroup`` (the container's own cgroup path) the signals go to the processes directly:
+    init by its pid (through a pidfd, once it is seen in the cgroup, so a reused pid is never
+    signalled), every process through the cgroup, instead of through the runtime's ``kill``
+    (a process to spawn per signal).
     """
     code = read_exit(files)
     if code is None:
-        if grace > 0 and runtime.kill(files.cid, signal):
+        if grace > 0 and _signal(runtime, files, signal, pid, cgroup):
             code = wait_exit(files, grace, pid)
         if code is None:
-            runtime.kill(files.cid, "KILL", all=True)
+            _signal(runtime, files, "KILL", pid, cgroup, all=True)
             code = wait_exit(files, 10.0 if conmon_pid(files) else 1.0, pid)
-    if kill_all and runtime.exists(files.cid):
-        try:
-            runtime.kill(files.cid, "KILL", all=True)
-        except RuntimeFailure:
-            pass
+    if kill_all:
+        if cgroup is not None:
+            from . import cgroups
+
+            cgroups.kill_all(cgroup)
+        elif runtime.exists(files.cid):
+            try:
+                runtime.kill(files.cid, "KILL", all=True)
+            except RuntimeFailure:
+                pass
     return code
+
+
+def _signal(runtime: Runtime, files: Files, sig: str, pid: int | None, cgroup: str | None,
+            all: bool = False) -> bool:
+    """Signal the container's init (or every process with ``all``); False if none was running."""
+    if cgroup is None:
+        return runtime.kill(files.cid, sig, all=all)
+    from . import cgroups
+
+    num = int(getattr(signal_mod, "SIG" + sig.upper().removeprefix("SIG")))
+    if all:
+        return cgroups.kill_all(cgroup, num) > 0
+    if not pid:
+        return False
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if pid not in cgroups.procs(cgroup):  # exited: the pid may be someone else's by now
+            return False
+        signal_mod.pidfd_send_signal(fd, num)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def cleanup(files: Files) -> None:

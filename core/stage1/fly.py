@@ -438,6 +438,7 @@ from typing import Mapping, Sequence  # noqa: E402
 from ..errors import Conflict, NotFound  # noqa: E402
 from . import AppConfig, AppStatus, ExecResult, PodConfig, PodStatus, Stage1Error  # noqa: E402
 from . import cgroups, conmon  # noqa: E402
+from .files import mtime as _mtime, read_int as _read_int, rmtree as _rmtree, touch as _touch, unlink as _unlink  # noqa: E402
 from . import spec as spec_mod  # noqa: E402
 
 _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -945,38 +946,6 @@ def _read_all(fd: int) -> bytes:
     return out
 
 
-def _touch(path: str) -> None:
-    with open(path, "a"):
-        pass
-    os.utime(path)
-
-
-def _mtime(path: str) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except FileNotFoundError:
-        return None
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _rmtree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 __all__ = ["FlyStage1"]

@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import Mapping, Sequence
 
 from ..errors import Conflict, NotFound
+from .files import mtime as _mtime, read_int as _read_int, rmtree as _rmtree, touch as _touch, unlink as _unlink
 from . import AppConfig, AppStatus, ExecResult, PodConfig, PodStatus, Stage1Error, cgroups, conmon
 from . import infra as infra_mod
 from . import spec as spec_mod
@@ -79,6 +80,10 @@ class OciStage1:
         return conmon.Files(cid=app_cid(pod.id, name), bundle=app_dir, state_dir=app_dir,
                             log_path=log, exit_dir=os.path.join(root, "exits"),
                             socket_dir=os.path.join(rec["run_root"], "attach"))
+
+    def _cgroup(self, pod: PodConfig, name: str) -> str:
+        """An app's cgroup: signalling its processes there needs no runtime process."""
+        return cgroups.app_path(pod.id, name, self._parent(pod))
 
     def _infra(self, pod: PodConfig) -> infra_mod.Infra | None:
         try:
@@ -189,7 +194,7 @@ class OciStage1:
         files = self._need_app(pod, name)
         rt = self._runtime(pod)
         if rt.exists(files.cid):
-            conmon.stop(rt, files, grace=grace, pid=_read_int(files.pidfile))
+            conmon.stop(rt, files, grace=grace, pid=_read_int(files.pidfile), cgroup=self._cgroup(pod, name))
         return self._app_status(pod, name, files)
 
     def kill(self, pod: PodConfig, name: str, signal: int | str) -> None:
@@ -243,7 +248,7 @@ class OciStage1:
     def _discard_app(self, pod: PodConfig, name: str, rt: Runtime) -> None:
         files = self._files(pod, name)
         if rt.exists(files.cid):
-            conmon.stop(rt, files, grace=0, pid=_read_int(files.pidfile))
+            conmon.stop(rt, files, grace=0, pid=_read_int(files.pidfile), cgroup=self._cgroup(pod, name))
             rt.delete(files.cid, force=True)
         conmon.cleanup(files)
         cgroups.remove(cgroups.app_path(pod.id, name, self._parent(pod)), kill=True)
@@ -291,7 +296,7 @@ class OciStage1:
         for name in self._app_names(pod) if grace > 0 else ():  # grace 0: SIGKILL at once
             files = self._files(pod, name)
             if rt.exists(files.cid) and conmon.read_exit(files) is None:
-                if rt.kill(files.cid, "TERM"):
+                if conmon._signal(rt, files, "TERM", _read_int(files.pidfile), self._cgroup(pod, name)):
                     running.append(files)
         deadline = time.monotonic() + grace
         for files in running:
@@ -299,7 +304,7 @@ class OciStage1:
         for name in self._app_names(pod):
             files = self._files(pod, name)
             if rt.exists(files.cid):
-                conmon.stop(rt, files, grace=0, pid=_read_int(files.pidfile))
+                conmon.stop(rt, files, grace=0, pid=_read_int(files.pidfile), cgroup=self._cgroup(pod, name))
         inf = self._infra(pod)
         if inf is not None and rt.exists(inf.cid) and conmon.read_exit(inf.files) is None:
             rt.kill(inf.cid, "KILL", all=True)
@@ -315,7 +320,8 @@ class OciStage1:
         for name in self._app_names(pod):
             files = self._files(pod, name)
             if rt.exists(files.cid):
-                conmon.stop(rt, files, grace=0, pid=_read_int(files.pidfile))
+                conmon.stop(rt, files, grace=0, pid=_read_int(files.pidfile),
+                            cgroup=cgroups.app_path(pod.id, name, rec["cgroup_parent"]))
                 rt.delete(files.cid, force=True)
             conmon.cleanup(files)
         inf = self._infra(pod)
@@ -411,42 +417,8 @@ def _unreach_rootfs(run_root: str, pod_id: str, app: str | None) -> None:
         pass
 
 
-def _touch(path: str) -> None:
-    with open(path, "a"):
-        pass
-    os.utime(path)
-
-
 def _ino(path: str) -> int | None:
     try:
         return os.stat(path).st_ino
     except FileNotFoundError:
         return None
-
-
-def _mtime(path: str) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except FileNotFoundError:
-        return None
-
-
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _rmtree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
