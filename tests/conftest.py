@@ -125,3 +125,12 @@ def token_counts(token_registry):
     token_registry.token_server.reset_counts()
     return token_registry.token_server
 
+
+@pytest.fixture(scope="session")
+def subreaper():
+    """conmon daemonizes, and this machine's PID 1 does not reap: pytest adopts the orphaned
+    monitors of the pods that tests start (the CLI's, a driver's) and reaps them."""
+    if os.geteuid() == 0:
+        from pypod.stage1 import conmon
+
+        conmon.become_subreaper()

@@ -15,22 +15,7 @@ if str(HERE) not in sys.path:
 
 from cri_env import CriEnv, tools_available  # noqa: E402
 
-from support.leaks import Snapshot, leaked  # noqa: E402
-
-
-def _pod_ids(data_dir: Path) -> set[str]:
-    import json
-
-    ids = set()
-    for log in data_dir.glob("events.log*"):
-        for line in log.read_text().splitlines():
-            try:
-                pod = json.loads(line).get("pod")
-            except ValueError:
-                continue
-            if pod:
-                ids.add(pod)
-    return ids
+from support.leaks import Snapshot, leaked, pod_ids  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -51,15 +36,7 @@ def cri(tmp_path_factory, subreaper):
         yield env
     finally:
         env.stop()
-    left = leaked(before, str(work), ids=_pod_ids(env.data_dir) | {str(work)})
+    left = leaked(before, str(work), ids=pod_ids(env.data_dir) | {str(work)})
     assert not left, f"leaked: {left}"
 
 
-@pytest.fixture(scope="session")
-def subreaper():
-    """conmon daemonizes; pytest adopts and reaps what pypod-cri's children leave (as the
-    functional tests do)."""
-    if os.geteuid() == 0:
-        from pypod.stage1 import conmon
-
-        conmon.become_subreaper()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import Pypod
-from support.leaks import Snapshot, leaked
+from support.leaks import Snapshot, leaked, pod_ids
 
 
 def _runtimes() -> list[str]:
@@ -18,31 +18,6 @@ def _runtimes() -> list[str]:
     from pypod.stage1.runtime import available_runtimes
 
     return list(available_runtimes()) or ["runc"]
-
-
-def _pod_ids(p: Pypod) -> set[str]:
-    """Every pod the test made, from the data dir's event log."""
-    import json
-
-    ids = set()
-    for log in p.data_dir.glob("events.log*"):
-        for line in log.read_text().splitlines():
-            try:
-                pod = json.loads(line).get("pod")
-            except ValueError:
-                continue
-            if pod:
-                ids.add(pod)
-    return ids
-
-
-@pytest.fixture(scope="session")
-def subreaper():
-    """conmon daemonizes; as the machine's PID 1 does not reap, pytest adopts and reaps it."""
-    if os.geteuid() == 0:
-        from pypod.stage1 import conmon
-
-        conmon.become_subreaper()
 
 
 @pytest.fixture(params=_runtimes())
@@ -65,7 +40,7 @@ def pods(tmp_path: Path, subreaper, test_images) -> Pypod:
         if pod["state"] == "running":
             p("stop", "--force", pod["uuid"], check=False)
     gc = p("gc", "--grace-period", "0s", "--expire-prepared", "0s", check=False)
-    left = leaked(before, str(tmp_path), ids=_pod_ids(p) | {str(tmp_path)})
+    left = leaked(before, str(tmp_path), ids=pod_ids(p.data_dir) | {str(tmp_path)})
     if left:
         subprocess.run(["sh", "-c", f"grep {tmp_path} /proc/self/mountinfo | cut -d' ' -f5 | sort -r | "
                         "xargs -r -n1 umount -l"], check=False)

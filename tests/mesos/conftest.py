@@ -4,7 +4,6 @@ imported into a throwaway data dir, as tests/functional does."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,33 +12,11 @@ from pathlib import Path
 import pytest
 
 from support.cli import Pypod
-from support.leaks import Snapshot, leaked
+from support.leaks import Snapshot, leaked, pod_ids
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mesos_agent import EXECUTOR_BIN, TestAgent  # noqa: E402
-
-
-def _pod_ids(p: Pypod) -> set[str]:
-    ids = set()
-    for log in p.data_dir.glob("events.log*"):
-        for line in log.read_text().splitlines():
-            try:
-                pod = json.loads(line).get("pod")
-            except ValueError:
-                continue
-            if pod:
-                ids.add(pod)
-    return ids
-
-
-@pytest.fixture(scope="session")
-def subreaper():
-    """conmon daemonizes: the executor's pods' monitors end up adopted and reaped by pytest."""
-    if os.geteuid() == 0:
-        from pypod.stage1 import conmon
-
-        conmon.become_subreaper()
 
 
 @pytest.fixture
@@ -58,7 +35,7 @@ def pypod_store(tmp_path: Path, subreaper, test_images) -> Pypod:
         if pod["state"] == "running":
             p("stop", "--force", pod["uuid"], check=False)
     gc = p("gc", "--grace-period", "0s", "--expire-prepared", "0s", check=False)
-    left = leaked(before, str(tmp_path), ids=_pod_ids(p) | {str(tmp_path)})
+    left = leaked(before, str(tmp_path), ids=pod_ids(p.data_dir) | {str(tmp_path)})
     if left:
         subprocess.run(["sh", "-c", f"grep {tmp_path} /proc/self/mountinfo | cut -d' ' -f5 | sort -r | "
                         "xargs -r -n1 umount -l"], check=False)

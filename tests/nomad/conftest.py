@@ -4,16 +4,12 @@ check after every test that runs pods."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from support.cli import Pypod
-from support.leaks import Snapshot, leaked
+from support.leaks import Snapshot, leaked, pod_ids
 
 try:
     import grpc  # noqa: F401
@@ -53,26 +49,13 @@ def agent_config(nomad_pypod, tmp_path) -> dict:
     return {"data_dir": str(nomad_pypod.data_dir), "config_dir": str(nomad_pypod.config_dir)}
 
 
-def _pod_ids(data_dir: Path) -> set[str]:
-    ids = set()
-    for log in data_dir.glob("events.log*"):
-        for line in log.read_text().splitlines():
-            try:
-                pod = json.loads(line).get("pod")
-            except ValueError:
-                continue
-            if pod:
-                ids.add(pod)
-    return ids
-
-
 @pytest.fixture
 def leak_check(nomad_pypod, tmp_path):
     """Fails the test on anything its pods left (processes, mounts, netns, cgroups, rules)."""
     before = Snapshot.take(str(tmp_path))
-    known = _pod_ids(nomad_pypod.data_dir)
+    known = pod_ids(nomad_pypod.data_dir)
     yield
-    ids = _pod_ids(nomad_pypod.data_dir) - known
+    ids = pod_ids(nomad_pypod.data_dir) - known
     p = nomad_pypod
     running = [x["uuid"] for x in p("list", "--format", "json", check=False).json() if x["uuid"] in ids
                and x["state"] == "running"]

@@ -102,6 +102,23 @@ def _describe(kind: str, item: str) -> str:
     return item
 
 
+def pod_ids(data_dir) -> set[str]:
+    """Every pod a data dir has seen, from its event log (the ids a test's leaks are named by)."""
+    import json
+    from pathlib import Path
+
+    ids = set()
+    for log in Path(data_dir).glob("events.log*"):
+        for line in log.read_text().splitlines():
+            try:
+                pod = json.loads(line).get("pod")
+            except ValueError:
+                continue
+            if pod:
+                ids.add(pod)
+    return ids
+
+
 def leaked(before: Snapshot, *mount_prefixes: str, ids: set[str] | None = None,
            settle: float = 5.0) -> dict[str, set[str]]:
     """What is new since ``before``; processes get ``settle`` seconds to finish exiting."""
