@@ -331,7 +331,8 @@ class Engine:
             proc.env["HOME"] = ident.home or "/"
         mounts = [self._volume_mount(pod, manifest, m) for m in app.mounts]
         r = app.resources
-        resources = cgroups.resources(memory=r.memory, cpu_limit_millis=r.cpu, cpu_shares=r.cpu_shares,
+        resources = cgroups.resources(memory=r.memory, memory_reservation=r.memory_reservation,
+                                      cpu_limit_millis=r.cpu, cpu_shares=r.cpu_shares,
                                       pids=r.pids, cpuset_cpus=r.cpuset_cpus)
         spec = AppSpec(args=proc.args, rootfs=str(root), env=proc.env, cwd=proc.cwd, uid=ident.uid,
                        gid=ident.gid, additional_gids=ident.additional_gids, terminal=proc.tty,
@@ -458,7 +459,8 @@ class Engine:
             app = self._need_app(pod, manifest, name)
             app.resources = resources
             manifest.validate()
-            oci = cgroups.resources(memory=resources.memory, cpu_limit_millis=resources.cpu,
+            oci = cgroups.resources(memory=resources.memory, memory_reservation=resources.memory_reservation,
+                                    cpu_limit_millis=resources.cpu,
                                     cpu_shares=resources.cpu_shares, pids=resources.pids)
             oci.pop("devices", None)  # the device rules stay as created
             self._stage1_call(manifest, "update_app")(self._pod_config(pod, manifest), name, oci)

@@ -12,7 +12,8 @@ JSON keys are camelCase (appc's style); Python attributes are snake_case. A docu
                "env": {"A": "1"}, "user": "www-data", "group": "101",
                "supplementaryGids": [27], "workingDir": "/srv",
                "mounts": [{"volume": "data", "target": "/data", "readOnly": true}],
-               "resources": {"memory": 134217728, "cpu": "500m", "cpuShares": 512, "pids": 100},
+               "resources": {"memory": 134217728, "memoryReservation": 67108864, "cpu": "500m",
+                             "cpuShares": 512, "pids": 100},
                "restartPolicy": {"policy": "on-failure", "maxRetries": 3, "backoff": 1.0,
                                  "maxBackoff": 300.0},
                "readOnlyRootfs": false, "stdin": false, "stdinOnce": false, "tty": false, "oomScoreAdj": 0,
@@ -196,15 +197,16 @@ class Mount:
 
 @dataclass
 class Resources:
-    memory: int | None = None  # bytes
+    memory: int | None = None  # bytes: the hard limit
+    memory_reservation: int | None = None  # bytes: the soft limit (v1 memory.soft_limit_in_bytes, v2 memory.low)
     cpu: int | None = None  # millicores (a limit: CFS quota)
     cpu_shares: int | None = None  # relative weight (cgroup v1 shares; converted to weight on v2)
     pids: int | None = None  # max number of tasks
     cpuset_cpus: str | None = None  # the CPUs the app may run on ("0-3,6"): reserved cores
 
     def is_empty(self) -> bool:
-        return self.memory is None and self.cpu is None and self.cpu_shares is None and self.pids is None \
-            and self.cpuset_cpus is None
+        return self.memory is None and self.memory_reservation is None and self.cpu is None \
+            and self.cpu_shares is None and self.pids is None and self.cpuset_cpus is None
 
 
 @dataclass
@@ -449,6 +451,9 @@ def _validate_app(app: App, p: str, volumes: Mapping[str, Volume]) -> None:
         targets.add(norm)
     r, rp = app.resources, p + ".resources"
     _check_int(r.memory, rp + ".memory", 1, (1 << 63) - 1)
+    _check_int(r.memory_reservation, rp + ".memoryReservation", 1, (1 << 63) - 1)
+    if r.memory is not None and r.memory_reservation is not None and r.memory_reservation > r.memory:
+        raise _fail(rp + ".memoryReservation", f"{r.memory_reservation} is above the memory limit {r.memory}")
     _check_int(r.cpu, rp + ".cpu", 1, (1 << 31) - 1)
     _check_int(r.cpu_shares, rp + ".cpuShares", 2, 262144)
     _check_int(r.pids, rp + ".pids", 1, (1 << 31) - 1)
@@ -725,12 +730,13 @@ def _app_from(o: _Obj) -> App:
         mo.done()
     ro_ = o.obj("resources")
     if ro_ is not None:
-        mem = ro_.raw("memory")
-        if mem is not None:
-            try:
-                app.resources.memory = parse_memory(mem)
-            except UsageError as e:
-                raise _fail(ro_.p("memory"), str(e)) from None
+        for key, attr in (("memory", "memory"), ("memoryReservation", "memory_reservation")):
+            mem = ro_.raw(key)
+            if mem is not None:
+                try:
+                    setattr(app.resources, attr, parse_memory(mem))
+                except UsageError as e:
+                    raise _fail(ro_.p(key), str(e)) from None
         cpu = ro_.raw("cpu")
         if cpu is not None:
             try:
@@ -844,6 +850,7 @@ def _app_to_dict(a: App) -> dict[str, Any]:
     _put(d, "mounts", mounts)
     r: dict[str, Any] = {}
     _put(r, "memory", a.resources.memory)
+    _put(r, "memoryReservation", a.resources.memory_reservation)
     _put(r, "cpu", None if a.resources.cpu is None else format_cpu(a.resources.cpu))
     _put(r, "cpuShares", a.resources.cpu_shares)
     _put(r, "pids", a.resources.pids)

@@ -70,7 +70,8 @@ def full_manifest() -> PodManifest:
              "user": "www-data", "group": "101", "supplementaryGids": [27, 44], "workingDir": "/srv",
              "mounts": [{"volume": "data", "target": "/data", "readOnly": True},
                         {"volume": "scratch", "target": "/tmp"}],
-             "resources": {"memory": "128Mi", "cpu": "500m", "cpuShares": 512, "pids": 100},
+             "resources": {"memory": "128Mi", "memoryReservation": "96Mi", "cpu": "500m", "cpuShares": 512,
+                           "pids": 100},
              "restartPolicy": {"policy": "on-failure", "maxRetries": 3, "backoff": 2, "maxBackoff": 60},
              "readOnlyRootfs": True, "stdin": True, "tty": True, "oomScoreAdj": -100,
              "annotations": {"a": "b"}, "labels": {"tier": "front"},
@@ -104,9 +105,24 @@ def test_round_trip_keeps_every_field():
     assert again.to_dict() == pod.to_dict()
     web = again.apps[0]
     assert web.resources.memory == 128 << 20 and web.resources.cpu == 500
+    assert web.resources.memory_reservation == 96 << 20
     assert again.volumes[1].size == 64 << 20
     assert again.apps[1].exec == []  # an explicit empty exec survives (it clears the entrypoint)
     assert json.loads(pod.to_json())["apps"][0]["resources"]["cpu"] == "500m"
+    assert json.loads(pod.to_json())["apps"][0]["resources"]["memoryReservation"] == 96 << 20
+
+
+def test_memory_reservation_alone_and_serialized_only_when_set():
+    pod = PodManifest.from_dict({"pypodVersion": 1, "kind": "PodManifest", "apps": [
+        {"name": "a", "image": "x", "resources": {"memoryReservation": 1000}},
+        {"name": "b", "image": "x", "resources": {"memory": "64Mi"}}]})
+    a, b = pod.apps
+    assert a.resources.memory_reservation == 1000 and a.resources.memory is None
+    assert not a.resources.is_empty()
+    assert b.resources.memory_reservation is None
+    apps = pod.to_dict()["apps"]
+    assert apps[0]["resources"] == {"memoryReservation": 1000}
+    assert apps[1]["resources"] == {"memory": 64 << 20}  # no memoryReservation key when unset
 
 
 def test_defaults_fill_in_and_stay_short():
@@ -140,6 +156,10 @@ def _set(doc: dict, path: str, value) -> None:
 @pytest.mark.parametrize("path, value, message", [
     ("apps/1/name", "web", "apps[1].name: duplicate app name 'web'"),
     ("apps/0/resources/memory", "12Q", "apps[0].resources.memory: invalid quantity '12Q'"),
+    ("apps/0/resources/memoryReservation", "12Q", "apps[0].resources.memoryReservation: invalid quantity '12Q'"),
+    ("apps/0/resources/memoryReservation", 0, "apps[0].resources.memoryReservation: 0 out of range"),
+    ("apps/0/resources/memoryReservation", "256Mi",
+     "apps[0].resources.memoryReservation: 268435456 is above the memory limit 134217728"),
     ("apps/0/resources/cpu", 2, "apps[0].resources.cpu: invalid CPU quantity 2"),
     ("apps/0/resources/cpuShares", 1, "apps[0].resources.cpuShares: 1 out of range"),
     ("apps/0/resources/pids", 0, "apps[0].resources.pids: 0 out of range"),
