@@ -19,7 +19,8 @@ plugin "nomad-driver-pypod" {
     allow_host_volumes = false              # config.volumes / mount { type = "bind" } need this
     allowed_caps       = ["audit_write", "chown", "dac_override", "fowner", "fsetid", "kill", "mknod",
                           "net_bind_service", "net_raw", "setfcap", "setgid", "setpcap", "setuid", "sys_chroot"]
-    image_pull_timeout = "5m"
+    image_pull_timeout = "5m"                # then the pull is killed and StartTask fails (Nomad retries it);
+                                            # its partial download is removed by `pypod image gc`
     gc {
       container = true                      # remove a task's pod when Nomad destroys the task
     }

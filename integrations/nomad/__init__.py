@@ -4,7 +4,7 @@ each Nomad task as a pypod pod through the engine API (:class:`pypod.pods.engine
 Modules: :mod:`.plugin` (the executable: cookie check, handshake, go-plugin's own services),
 :mod:`.hclog` (stderr logs in hclog's JSON form), :mod:`.schema` (hclspec schemas, msgpack
 configs), :mod:`.driver` (BasePlugin and Driver), :mod:`.tasks` (one pod per task, the log
-copier, driver_state). Stubs of the project's own .proto files live in :mod:`.proto`.
+copier, driver_state), :mod:`.pull` (image pulls in a child process, killed at the pull timeout). Stubs of the project's own .proto files live in :mod:`.proto`.
 
 This module stays cheap to import: Nomad launches the plugin several times at agent start.
 """

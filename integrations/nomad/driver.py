@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import signal as signal_mod
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -357,27 +358,13 @@ class DriverService(_Base, driver_pb2_grpc.DriverServicer):
             return None, True
 
         found, need_pull = (await p.run(resolve)) if pull == "new" else (None, True)
+        image_id = found.id if found is not None else None
         if need_pull:
             p.event(cfg, f"Downloading image {image}", image=image)
-            try:
-                found = await asyncio.wait_for(p.run(engine.resolve_image, image, pull=pull, progress=progress,
-                                                     credentials=creds), p.pull_timeout)
-            except asyncio.TimeoutError:
-                raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                            f"image {image}: pull did not finish within image_pull_timeout "
-                            f"({p.agent['image_pull_timeout']})", recoverable=True) from None
-            except NotFound as e:
-                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"image {image}: {e}") from None
-            except (OSError, TimeoutError) as e:
-                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"image {image}: {e}", recoverable=True) from None
-            except Exception as e:
-                if type(e).__name__ in ("RegistryError", "TransientError", "HTTPError", "ConnectError"):
-                    raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"image {image}: {e}",
-                                recoverable=True) from None
-                raise
+            image_id = await self._pull(cfg, image, pull, creds, progress)
             p.event(cfg, f"Image {image} pulled", image=image)
-        if found is not None and image.startswith(("oci:", "oci-archive:", "docker-archive:")):
-            manifest.apps[0].image = found.id  # an imported source is not a name the store knows
+        if image_id is not None and image.startswith(("oci:", "oci-archive:", "docker-archive:")):
+            manifest.apps[0].image = image_id  # an imported source is not a name the store knows
         started = time.time()
         uuid = await p.run(engine.run, manifest, pull="never")
         info = await p.run(engine.status, uuid)
@@ -392,6 +379,32 @@ class DriverService(_Base, driver_pb2_grpc.DriverServicer):
             resp.network_override.CopyFrom(D.NetworkOverride(port_map=port_map, addr=state.addr,
                                                              auto_advertise=bool(state.addr)))
         return resp
+
+    async def _pull(self, cfg, image: str, policy: str, creds, progress) -> str:
+        """The pull in a child process (:mod:`.pull`), killed at ``image_pull_timeout`` or when
+        the StartTask call is cancelled: nothing goes on writing into the store afterwards."""
+        from . import pull as pull_mod
+
+        p = self.plugin
+        cancel = threading.Event()
+        fut = p.run(pull_mod.pull, image, data_dir=p.agent.get("data_dir") or None,
+                    config_dir=p.agent.get("config_dir") or None, policy=policy, credentials=creds,
+                    timeout=p.pull_timeout, progress=progress, cancel=cancel)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            cancel.set()  # the thread kills the child within 0.1 s
+            raise
+        except pull_mod.PullTimeout:
+            raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"image {image}: pull did not finish within image_pull_timeout "
+                        f"({p.agent['image_pull_timeout']})", recoverable=True) from None
+        except pull_mod.PullError as e:
+            if e.kind == "recoverable":
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"image {image}: {e}", recoverable=True) from None
+            code = grpc.StatusCode.INVALID_ARGUMENT if e.kind in ("not_found", "invalid") else \
+                grpc.StatusCode.UNKNOWN
+            raise Abort(code, f"image {image}: {e}") from None
 
     @_rpc
     async def RecoverTask(self, request, context):

@@ -147,6 +147,12 @@ def build_manifest(task, tc: dict[str, Any], agent: dict[str, Any]):
         mem_mb = max(ar.memory.memory_mb, ar.memory.memory_max_mb)
         if not r.memory and mem_mb:
             r.memory = int(mem_mb) << 20
+        # memory_max (oversubscription): memory_max is the hard limit, memory the soft one the
+        # kernel reclaims down to under pressure (Docker's driver: Memory + MemoryReservation)
+        if ar.memory.memory_max_mb > ar.memory.memory_mb > 0:
+            r.memory_reservation = int(ar.memory.memory_mb) << 20
+            if r.memory is not None:
+                r.memory_reservation = min(r.memory_reservation, r.memory)
     app.resources = r
     # -- volumes: Nomad's alloc dir (IMAGE isolation: the driver mounts alloc, local, secrets)
     volumes: list[Volume] = []

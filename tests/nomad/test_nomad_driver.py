@@ -335,6 +335,9 @@ def test_pull_events_limits_and_tty_exec(plugin, alloc, tmp_path):
         uuid = plugin.driver.InspectTask(D.InspectTaskRequest(task_id=cfg.id)).driver.attributes["pod"]
         st = cgroups.stats(cgroups.app_path(uuid, "pulled"))
         assert st.memory_limit == 64 << 20
+        hard, soft = _memory_limits(uuid, "pulled")  # no memory_max: no soft limit
+        assert hard == 64 << 20
+        assert soft == 0 if cgroups.detect().mode == "v2" else soft >= 1 << 62, soft
         reqs_done = threading.Event()
 
         def reqs():
@@ -413,8 +416,28 @@ def test_registry_auth_from_the_task(plugin, alloc, basic_auth_registry, tmp_pat
     destroy(plugin, cfg.id)
 
 
+def _memory_limits(uuid: str, app: str) -> tuple[int, int]:
+    """(hard limit, soft limit) of an app's memory cgroup, read from the files the kernel
+    enforces: v1 memory.limit_in_bytes / memory.soft_limit_in_bytes, v2 memory.max / memory.low
+    ("unlimited" and "max" read as 2**63 - 1)."""
+    from pypod.stage1 import cgroups
+
+    layout = cgroups.detect()
+    d = layout.stats_dir("memory", cgroups.app_path(uuid, app))
+    assert d is not None and os.path.isdir(d), d
+    names = ("memory.max", "memory.low") if layout.mode == "v2" else \
+        ("memory.limit_in_bytes", "memory.soft_limit_in_bytes")
+    vals = []
+    for n in names:
+        v = open(os.path.join(d, n)).read().strip()
+        vals.append((1 << 63) - 1 if v == "max" else int(v))
+    return vals[0], vals[1]
+
+
 def test_reserved_cores_and_memory_max(plugin, alloc):
-    """resources { cores = 1, memory = 32, memory_max = 96 }: cpuset and the hard memory limit."""
+    """resources { cores = 1, memory = 32, memory_max = 96 }: cpuset, the hard memory limit
+    (memory_max) and the soft one (memory: the kernel reclaims the task down to it under
+    pressure), as Docker's driver does with Memory and MemoryReservation."""
     from pypod.stage1 import cgroups
 
     spec = _spec(plugin)
@@ -430,6 +453,7 @@ def test_reserved_cores_and_memory_max(plugin, alloc):
         uuid = plugin.driver.InspectTask(D.InspectTaskRequest(task_id=cfg.id)).driver.attributes["pod"]
         path = cgroups.app_path(uuid, "cores")
         assert cgroups.stats(path).memory_limit == 96 << 20
+        assert _memory_limits(uuid, "cores") == (96 << 20, 32 << 20)
         layout = cgroups.detect()
         d = layout.stats_dir("cpuset", path)
         assert d is not None
@@ -490,3 +514,193 @@ def test_chatty_task_output_is_exact_across_a_plugin_restart(agent_config, alloc
         destroy(pl2, cfg.id)
     finally:
         pl2.kill()
+
+
+def test_host_volumes_allowed_and_refused(plugin, alloc, agent_config, tmp_path):
+    """`volumes = ["/host:/task", "/host2:/task2:ro"]` with allow_host_volumes = true: a file
+    written through the volume is on the host, the :ro one refuses writes. With the agent's
+    default (false) StartTask is refused with InvalidArgument naming the field and the setting."""
+    rw, ro = tmp_path / "hostvol", tmp_path / "hostro"
+    rw.mkdir()
+    ro.mkdir()
+    (ro / "seed").write_text("seeded-on-host\n")
+    config = {"image": "busybox", "command": "/bin/sh", "network_mode": "none",
+              "volumes": [f"{rw}:/data", f"{ro}:/ro:ro"],
+              "args": ["-c", "echo written-in-task > /data/out; cat /ro/seed; "
+                             "if echo x > /ro/nope; then echo ro-writable; else echo ro-refused; fi"]}
+    spec = _spec(plugin)
+    refused = task_config(alloc, "vols", spec, config)
+    with pytest.raises(grpc.RpcError) as e:  # the agent's default: allow_host_volumes = false
+        plugin.driver.StartTask(D.StartTaskRequest(task=refused), timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "volumes[0]" in e.value.details() and "allow_host_volumes" in e.value.details(), e.value.details()
+    with pytest.raises(grpc.RpcError) as e:  # nothing was started
+        plugin.driver.InspectTask(D.InspectTaskRequest(task_id=refused.id), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not (rw / "out").exists()
+
+    plugin.set_config(dict(agent_config, allow_host_volumes=True))
+    cfg = task_config(alloc, "vols", _spec(plugin), config)
+    plugin.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=120)
+    assert wait(plugin, cfg.id).exit_code == 0
+    assert (rw / "out").read_text() == "written-in-task\n"
+    assert until(lambda: "ro-refused\n" in alloc.read_log("vols")), alloc.read_log("vols")
+    assert "seeded-on-host\n" in alloc.read_log("vols")
+    assert "Read-only file system" in alloc.read_log("vols", "stderr"), alloc.read_log("vols", "stderr")
+    assert sorted(os.listdir(ro)) == ["seed"]
+    destroy(plugin, cfg.id)
+
+
+def test_destroy_running_task_needs_force(plugin, alloc):
+    """DestroyTask(force=false) on a running task fails with Nomad's "cannot destroy running task"
+    and leaves it running; force=true kills and removes it. On an exited task force=false is
+    enough."""
+    cfg, _ = start(plugin, alloc, "keep", {"command": "/bin/sh", "args": ["-c", "echo up; while true; do sleep 0.1; done"]})
+    assert until(lambda: "up\n" in alloc.read_log("keep"))
+    waiter = plugin.driver.WaitTask.future(D.WaitTaskRequest(task_id=cfg.id))
+    with pytest.raises(grpc.RpcError) as e:
+        plugin.driver.DestroyTask(D.DestroyTaskRequest(task_id=cfg.id, force=False), timeout=60)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.details() == "cannot destroy running task"
+    ins = plugin.driver.InspectTask(D.InspectTaskRequest(task_id=cfg.id), timeout=10)
+    assert ins.task.state == D.RUNNING
+    uuid = ins.driver.attributes["pod"]
+    ex = plugin.driver.ExecTask(D.ExecTaskRequest(task_id=cfg.id, command=["echo", "still-here"]), timeout=60)
+    assert ex.stdout == b"still-here\n"
+    time.sleep(0.3)
+    assert not waiter.done()
+    plugin.driver.DestroyTask(D.DestroyTaskRequest(task_id=cfg.id, force=True), timeout=60)
+    assert waiter.result(30).result.exit_code != 0  # killed
+    with pytest.raises(grpc.RpcError) as e:
+        plugin.driver.InspectTask(D.InspectTaskRequest(task_id=cfg.id), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not any(uuid in p for p in os.listdir(os.path.join(plugin_data(plugin), "pods", "run")))
+    done, _ = start(plugin, alloc, "brief", {"command": "/bin/true"})
+    assert wait(plugin, done.id).exit_code == 0
+    plugin.driver.DestroyTask(D.DestroyTaskRequest(task_id=done.id, force=False), timeout=60)
+    with pytest.raises(grpc.RpcError) as e:
+        plugin.driver.InspectTask(D.InspectTaskRequest(task_id=done.id), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class _TrickleRegistry:
+    """A registry serving one image from an OCI layout, its layer 8 KiB every 50 ms: a pull
+    that is busy writing a blob into the store when image_pull_timeout passes. Records how much
+    of the layer it sent and when the puller hung up."""
+
+    def __init__(self, img):
+        import json as json_mod
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        blobs = img.layout / "blobs" / "sha256"
+        self.layer = img.layers[0].digest
+        self.layer_size = (blobs / self.layer.split(":")[1]).stat().st_size
+        self.sent = 0
+        self.gone_at: float | None = None
+        manifest = (blobs / img.manifest_digest.split(":")[1]).read_bytes()
+        assert json_mod.loads(manifest)["layers"][0]["digest"] == self.layer
+        reg = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, body: bytes, ctype: str = "application/octet-stream", slow: bool = False):
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not slow:
+                    self.wfile.write(body)
+                    return
+                try:
+                    for i in range(0, len(body), 8192):
+                        self.wfile.write(body[i:i + 8192])
+                        self.wfile.flush()
+                        reg.sent = i + len(body[i:i + 8192])
+                        time.sleep(0.05)
+                except OSError:
+                    reg.gone_at = time.monotonic()
+
+            def do_GET(self):
+                if self.path == "/v2/":
+                    return self._send(b"{}", "application/json")
+                if self.path == "/v2/x/slow/manifests/1":
+                    return self._send(manifest, img.manifest_media_type)
+                if self.path.startswith("/v2/x/slow/blobs/sha256:"):
+                    digest = self.path.rsplit("/", 1)[1]
+                    f = blobs / digest.split(":")[1]
+                    if f.exists():
+                        return self._send(f.read_bytes(), slow=digest == reg.layer)
+                self.send_error(404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def test_pull_timeout_kills_the_pull(plugin, alloc, agent_config, nomad_pypod, tmp_path):
+    """image_pull_timeout passes while a layer is being written into the store: StartTask fails
+    (recoverable) and the pull is killed, not left running: the registry sees the download
+    dropped, the partial file stops growing, no pull process is left, the image is not
+    recorded, and `pypod image gc` (which a running pull would keep waiting) removes the
+    partial download."""
+    from support import images as ti
+
+    layout = ti.Layout(tmp_path / "oci" / "slow")
+    tar = ti.LayerTar()
+    tar.file("data.bin", os.urandom(512 << 10))  # a layer no store has: it must be downloaded
+    layer = ti._add_layer(layout, tar.bytes(), "gzip")
+    img = ti._write_manifest(layout, "slow", "1", [layer], ti._config([layer], {"Cmd": ["/bin/true"]}))
+    reg = _TrickleRegistry(img)
+    try:
+        assert reg.layer_size > 500 << 10  # ≥ 3 s to serve: still running at the timeout
+        etc = tmp_path / "etc"
+        etc.mkdir()
+        (etc / "pypod.toml").write_text(f'[[registry]]\nprefix = "{reg.host}"\ninsecure = true\n')
+        plugin.set_config(dict(agent_config, config_dir=str(etc), image_pull_timeout="1s"))
+        image = f"{reg.host}/x/slow:1"
+        cfg = task_config(alloc, "slowpull", _spec(plugin), {"image": image, "command": "/bin/true"})
+        t = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            plugin.driver.StartTask(D.StartTaskRequest(task=cfg), timeout=60)
+        failed_at = time.monotonic()
+        assert failed_at - t < 5
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "image_pull_timeout" in e.value.details()
+        assert 0 < reg.sent < reg.layer_size  # it was mid-layer
+        assert until(lambda: reg.gone_at is not None, 5), "the pull still reads the layer"
+        assert reg.gone_at - failed_at < 1.0
+        assert not [c for c in _children(plugin.pid)
+                    if "pypod.nomad.pull" in open(f"/proc/{c}/cmdline").read()]
+        ingest = nomad_pypod.data_dir / "images" / "ingest"
+        parts = {p: p.stat().st_size for p in ingest.glob("*.part")}
+        assert parts, "the partial layer download"
+        time.sleep(0.5)
+        assert {p: p.stat().st_size for p in ingest.glob("*.part")} == parts  # nothing writes any more
+        images_list = nomad_pypod("image", "list", "--format", "json").json()
+        assert not any(image in (i.get("names") or []) for i in images_list), images_list
+        t = time.monotonic()
+        nomad_pypod("image", "gc")
+        assert time.monotonic() - t < 10
+        assert not list(ingest.glob("*.part"))
+    finally:
+        reg.close()
