@@ -186,8 +186,13 @@ class OciStage1:
         files = self._need_app(pod, name)
         if os.path.exists(os.path.join(files.bundle, "started")):
             raise Conflict(f"app {name!r} was started already")
-        self._runtime(pod).start(files.cid)
-        _touch(os.path.join(files.bundle, "started"))
+        marker = os.path.join(files.bundle, "started")
+        _touch(marker)  # before the start: an app that exits at once must not look started later
+        try:
+            self._runtime(pod).start(files.cid)
+        except BaseException:
+            _unlink(marker)
+            raise
         return self._app_status(pod, name, files)
 
     def stop_app(self, pod: PodConfig, name: str, grace: float = 10.0) -> AppStatus:

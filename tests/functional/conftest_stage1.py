@@ -200,7 +200,9 @@ class Stage1Env:
             cmd = _cmd(pid)
             if _state(pid) == "Z" or not cmd:
                 continue
-            if self.run_root in cmd or self.base in cmd or self.pod_id in cmd or "catatonit" in cmd:
+            # catatonit's command line names nothing: it is this test's if it sits in its cgroups
+            ours = "catatonit" in cmd and self.parent in _cgroup_of(pid)
+            if self.run_root in cmd or self.base in cmd or self.pod_id in cmd or ours:
                 found.append(f"process {pid}: {cmd}")
         for d in cgroups.exists(self.parent):
             if parent_may_exist:
@@ -251,6 +253,14 @@ def _pids_named(names: tuple[str, ...]) -> set[int]:
         except OSError:
             pass
     return out
+
+
+def _cgroup_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _cmd(pid: int) -> str:
