@@ -29,16 +29,19 @@ class ImageService(EngineOwner, pb_grpc.ImageServiceServicer):
     def __init__(self, config):
         super().__init__(config)
         self._snapshot_usage: dict[str, tuple[int, int]] = {}  # snapshots never change: measured once
+        self._users: dict[str, str] = {}  # image id -> the user part of its config's User
         self._usage_lock = threading.Lock()
 
     def _image(self, img) -> pb.Image:
         out = pb.Image(id=img.id, repo_tags=list(img.names), repo_digests=list(img.repo_digests),
                        size=img.size, spec=pb.ImageSpec(image=img.id))
-        try:
-            user = self.engine.images.image_config(img).config.get("User") or ""
-        except (OSError, ValueError, UsageError):
-            user = ""
-        user = user.split(":", 1)[0]
+        user = self._users.get(img.id)  # an image's config never changes: read it once
+        if user is None:
+            try:
+                user = (self.engine.images.image_config(img).config.get("User") or "").split(":", 1)[0]
+            except (OSError, ValueError, UsageError):
+                user = ""
+            self._users[img.id] = user
         if user.isdigit():
             out.uid.value = int(user)
         elif user:

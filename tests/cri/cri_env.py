@@ -38,15 +38,18 @@ def tools_available() -> str | None:
 
 
 class CriEnv:
-    def __init__(self, workdir: Path, *, cache: Path | None = None, log_level: str = "info"):
+    def __init__(self, workdir: Path, *, cache: Path | None = None, log_level: str = "info", registry=None):
+        """``registry``: a started :class:`support.registry.Registry` with the images pushed
+        (:func:`cri_images.push_all`) to use instead of starting one (it is not stopped)."""
         self.workdir = Path(workdir)
+        self._own_registry = registry is None
         self.cache = Path(cache or self.workdir / "images")
         self.data_dir = self.workdir / "data"
         self.config_dir = self.workdir / "etc"
         self.socket = self.workdir / "cri.sock"
         self.log_path = self.workdir / "pypod-cri.log"
         self.log_level = log_level
-        self.registry = None
+        self.registry = registry
         self.proc: subprocess.Popen | None = None
         self.built = []
 
@@ -71,10 +74,11 @@ class CriEnv:
         from support.registry import Registry
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.built = cri_images.build_all(self.cache)
-        self.registry = Registry(workdir=self.workdir / "registry")
-        self.registry.start()
-        cri_images.push_all(self.registry, self.built)
+        if self._own_registry:
+            self.built = cri_images.build_all(self.cache)
+            self.registry = Registry(workdir=self.workdir / "registry")
+            self.registry.start()
+            cri_images.push_all(self.registry, self.built)
         self.config_dir.mkdir(parents=True, exist_ok=True)
         (self.config_dir / "pypod.toml").write_text(
             f'data_dir = "{self.data_dir}"\n\n'
@@ -120,7 +124,7 @@ class CriEnv:
         finally:
             self.stop_server()
             self.cleanup_pods()
-            if self.registry is not None:
+            if self.registry is not None and self._own_registry:
                 self.registry.stop()
                 self.registry = None
 

@@ -163,7 +163,7 @@ def _base_tar(debs: Path, extra_passwd: str = "", extra_group: str = "") -> byte
     t.file("bin/busybox", busybox.read_bytes(), 0o755)
     applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout.split()
     for applet in sorted(set(applets) - {"busybox"}):
-        t.hardlink(f"bin/{applet}", "bin/busybox")
+        _hardlink(t, f"bin/{applet}", "bin/busybox", 0o755)
     t.file("bin/pgrep", PGREP, 0o755)
     t.file("bin/ipcs", IPCS, 0o755)
     _add_libs(t, [busybox])
@@ -171,6 +171,16 @@ def _base_tar(debs: Path, extra_passwd: str = "", extra_group: str = "") -> byte
     t.file("etc/group", GROUP + extra_group)
     t.file("etc/hosts", "127.0.0.1\tlocalhost\n")
     return t.bytes()
+
+
+def _hardlink(t: im.LayerTar, name: str, target: str, mode: int) -> None:
+    """A hard link entry carrying the file's own mode: some unpackers (containerd's) apply the
+    entry's mode to the shared inode."""
+    import tarfile
+
+    info = t._info(name, tarfile.LNKTYPE, mode, 0, 0)
+    info.linkname = target
+    t._add(info)
 
 
 def _extra_tar(files: dict[str, tuple[bytes | str, int]], dirs: dict[str, tuple[int, int]] | None = None,

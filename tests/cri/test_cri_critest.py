@@ -83,3 +83,14 @@ def test_critest(cri, tmp_path_factory):
     assert not failed, f"critest: {len(failed)} failed: {failed}; see {work}/critest.out and {cri.log_path}"
     skipped_unexplained = [s["name"] for s in specs if s["state"] == "skipped" and not s["why"]]
     assert not skipped_unexplained, f"skipped without a reason: {skipped_unexplained}"
+
+
+def test_critest_streaming_over_websocket(cri, tmp_path):
+    """The streaming specs again, with critest's WebSocket clients (v5.channel.k8s.io for exec
+    and attach, SPDY tunnelled in WebSocket for port-forward) instead of SPDY."""
+    specs = run_critest(cri, tmp_path, "-ginkgo.focus", "Streaming", "-websocket-exec", "-websocket-attach",
+                        "-websocket-portforward")
+    ran = [s for s in specs if s["state"] != "skipped"]
+    assert len(ran) >= 5, specs
+    failed = [s["name"] for s in ran if s["state"] == "failed"]
+    assert not failed, f"{failed}; see {tmp_path}/critest.out"
