@@ -81,9 +81,7 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
         if meta is None:
             return None
         eng = self.engine
-        info = eng.status(pod.uuid) if refresh else eng.info(pod)
-        if refresh:
-            manifest = eng.pods.get(pod.uuid).manifest()
+        info = eng.status(pod.uuid) if refresh else eng.info(pod)  # refresh: exits no hook recorded yet
         return Sandbox(pod.uuid, info, manifest, meta)
 
     def sandbox(self, sid: str, *, refresh: bool = True) -> Sandbox:
