@@ -343,6 +343,12 @@ class Engine:
                          log_path=app.log_path, log_size_max=self.config.log_size_max)
 
     def _volume_mount(self, pod: Pod, manifest: PodManifest, m: Any):
+        mount = self._volume_mount_of(pod, manifest, m)
+        if m.recursive_read_only:  # validated: read-only and private
+            mount.options.append("rro")
+        return mount
+
+    def _volume_mount_of(self, pod: Pod, manifest: PodManifest, m: Any):
         from ..stage1.spec import Mount
 
         vol = manifest.volume(m.volume)
@@ -418,15 +424,29 @@ class Engine:
         pod.status().update_app(name, state=status_mod.APP_RUNNING, started_at=time.time_ns(), pid=st.pid)
         self._emit(events.APP_STARTED, pod=pod.uuid, app=name)
 
-    def app_stop(self, ref: str, name: str, grace: float = DEFAULT_STOP_GRACE) -> AppInfo:
+    def app_stop(self, ref: str, name: str, grace: float = DEFAULT_STOP_GRACE,
+                 stop_signal: str | None = None) -> AppInfo:
+        """``stop_signal`` (default: the image's ``StopSignal``, else TERM) to the app, SIGKILL after
+        ``grace`` seconds."""
         pod = self._running(ref)
         manifest = pod.manifest()
-        self._need_app(pod, manifest, name)
+        app = self._need_app(pod, manifest, name)
+        if stop_signal is None:
+            stop_signal = self._image_stop_signal(app)
         with pod.mutation_lock():
             _mark_stopping(pod, name)
-        self._flavor(manifest).stop_app(self._pod_config(pod, manifest, network=self._net_mode(pod)), name, grace)
+        self._flavor(manifest).stop_app(self._pod_config(pod, manifest, network=self._net_mode(pod)), name, grace,
+                                        stop_signal)
         self._record_exit(pod, manifest, name)
         return next(a for a in self.status(pod.uuid).apps if a.name == name)
+
+    def _image_stop_signal(self, app: App) -> str:
+        try:
+            img = self.images.resolve(app.image_id or app.image)
+            sig = self.images.image_config(img).config.get("StopSignal")
+        except (PypodError, OSError, ValueError):
+            sig = None
+        return str(sig) if sig else "TERM"
 
     def app_rm(self, ref: str, name: str) -> None:
         """Remove an app (stopping it first) from a running pod, or what is left of it in an

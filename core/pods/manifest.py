@@ -193,6 +193,7 @@ class Mount:
     volume: str
     target: str
     read_only: bool | None = None  # None: as the volume says
+    recursive_read_only: bool = False  # read-only down to every submount (the runtime's "rro": crun)
 
 
 @dataclass
@@ -449,6 +450,12 @@ def _validate_app(app: App, p: str, volumes: Mapping[str, Volume]) -> None:
         if norm in targets:
             raise _fail(mp + ".target", f"duplicate mount target {m.target!r}")
         targets.add(norm)
+        if m.recursive_read_only:
+            vol = volumes[m.volume]
+            if not (vol.read_only if m.read_only is None else m.read_only):
+                raise _fail(mp + ".recursiveReadOnly", "needs a read-only mount")
+            if vol.propagation not in (None, "private", "rprivate"):
+                raise _fail(mp + ".recursiveReadOnly", f"needs private propagation, not {vol.propagation!r}")
     r, rp = app.resources, p + ".resources"
     _check_int(r.memory, rp + ".memory", 1, (1 << 63) - 1)
     _check_int(r.memory_reservation, rp + ".memoryReservation", 1, (1 << 63) - 1)
@@ -726,7 +733,8 @@ def _app_from(o: _Obj) -> App:
         ro = mo.raw("readOnly")
         if ro is not None and not isinstance(ro, bool):
             raise _fail(mo.p("readOnly"), f"expected true or false, not {ro!r}")
-        app.mounts.append(Mount(volume=mo.req("volume"), target=mo.req("target"), read_only=ro))
+        app.mounts.append(Mount(volume=mo.req("volume"), target=mo.req("target"), read_only=ro,
+                                recursive_read_only=mo.b("recursiveReadOnly")))
         mo.done()
     ro_ = o.obj("resources")
     if ro_ is not None:
@@ -846,6 +854,8 @@ def _app_to_dict(a: App) -> dict[str, Any]:
     for m in a.mounts:
         md: dict[str, Any] = {"volume": m.volume, "target": m.target}
         _put(md, "readOnly", m.read_only)
+        if m.recursive_read_only:
+            md["recursiveReadOnly"] = True
         mounts.append(md)
     _put(d, "mounts", mounts)
     r: dict[str, Any] = {}

@@ -115,6 +115,18 @@ class PodStatus:
     apps: dict[str, AppStatus] = field(default_factory=dict)
 
 
+def signal_number(sig: str | int) -> int:
+    """``TERM``, ``SIGTERM``, ``15`` -> 15."""
+    import signal as signal_mod
+
+    if isinstance(sig, int) or str(sig).isdigit():
+        return int(sig)
+    try:
+        return int(getattr(signal_mod, "SIG" + str(sig).upper().removeprefix("SIG")))
+    except AttributeError:
+        raise Stage1Error(f"unknown signal {sig!r}") from None
+
+
 @dataclass
 class ExecResult:
     exit_code: int
@@ -146,8 +158,9 @@ class Stage1(Protocol):
     def start_app(self, pod: PodConfig, name: str) -> AppStatus:
         """Start a created app."""
 
-    def stop_app(self, pod: PodConfig, name: str, grace: float = 10.0) -> AppStatus:
-        """SIGTERM the app, SIGKILL it after ``grace`` seconds; returns its exit status."""
+    def stop_app(self, pod: PodConfig, name: str, grace: float = 10.0, stop_signal: str = "TERM") -> AppStatus:
+        """``stop_signal`` (a name such as ``QUIT``, or a number) to the app, SIGKILL after ``grace``
+        seconds; returns its exit status."""
 
     def remove_app(self, pod: PodConfig, name: str) -> None:
         """Stop (no grace) and delete an app with everything it left (cgroups, files)."""

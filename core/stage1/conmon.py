@@ -399,7 +399,9 @@ def _signal(runtime: Runtime, files: Files, sig: str, pid: int | None, cgroup: s
         return runtime.kill(files.cid, sig, all=all)
     from . import cgroups
 
-    num = int(getattr(signal_mod, "SIG" + sig.upper().removeprefix("SIG")))
+    from . import signal_number
+
+    num = signal_number(sig)
     if all:
         return cgroups.kill_all(cgroup, num) > 0
     if not pid:

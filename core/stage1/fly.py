@@ -682,9 +682,9 @@ class FlyStage1:
         _unlink(fifo)
         return self._app_status(pod, name, files)
 
-    def stop_app(self, pod: PodConfig, name: str, grace: float = 10.0) -> AppStatus:
+    def stop_app(self, pod: PodConfig, name: str, grace: float = 10.0, stop_signal: str = "TERM") -> AppStatus:
         files = self._need_app(pod, name)
-        self._stop_app(pod, name, files, grace)
+        self._stop_app(pod, name, files, grace, stop_signal)
         return self._app_status(pod, name, files)
 
     def remove_app(self, pod: PodConfig, name: str) -> None:
@@ -699,15 +699,18 @@ class FlyStage1:
         _unlink(files.exit_file)
         _rmtree(files.bundle)
 
-    def _stop_app(self, pod: PodConfig, name: str, files: conmon.Files, grace: float) -> int | None:
-        """TERM the app's main process, SIGKILL its whole tree (its cgroup) after ``grace``."""
+    def _stop_app(self, pod: PodConfig, name: str, files: conmon.Files, grace: float,
+                  stop_signal: str = "TERM") -> int | None:
+        """``stop_signal`` to the app's main process, SIGKILL its whole tree (its cgroup) after ``grace``."""
         cg = self._app_cgroup(pod, name)
         code = conmon.read_exit(files)
         if code is None:
             pid = self._main_pid(files, cg)
             started = os.path.exists(os.path.join(files.bundle, "started"))
             if pid and grace > 0 and started:
-                _signal(pid, signal.SIGTERM)
+                from . import signal_number
+
+                _signal(pid, signal_number(stop_signal))
                 code = self._wait_exit(files, grace, pid)
             if code is None:
                 _kill_tree(cg)

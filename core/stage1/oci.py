@@ -195,11 +195,12 @@ class OciStage1:
             raise
         return self._app_status(pod, name, files)
 
-    def stop_app(self, pod: PodConfig, name: str, grace: float = 10.0) -> AppStatus:
+    def stop_app(self, pod: PodConfig, name: str, grace: float = 10.0, stop_signal: str = "TERM") -> AppStatus:
         files = self._need_app(pod, name)
         rt = self._runtime(pod)
         if rt.exists(files.cid):
-            conmon.stop(rt, files, grace=grace, pid=_read_int(files.pidfile), cgroup=self._cgroup(pod, name))
+            conmon.stop(rt, files, grace=grace, pid=_read_int(files.pidfile), cgroup=self._cgroup(pod, name),
+                        signal=stop_signal)
         return self._app_status(pod, name, files)
 
     def kill(self, pod: PodConfig, name: str, signal: int | str) -> None:

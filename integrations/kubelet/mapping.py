@@ -141,7 +141,10 @@ def _mounts(config: pb.ContainerConfig) -> tuple[list[Mount], list[Volume], list
         if not mt.host_path.startswith("/"):
             raise Invalid(f"{where}: host_path {mt.host_path!r} must be absolute")
         if mt.recursive_read_only:
-            raise Invalid(f"{where}: recursive read-only mounts are not supported by this runtime handler")
+            if not mt.readonly:
+                raise Invalid(f"{where}: a recursive read-only mount must be read-only")
+            if mt.propagation != pb.PROPAGATION_PRIVATE:
+                raise Invalid(f"{where}: a recursive read-only mount needs private propagation")
         if mt.uidMappings or mt.gidMappings:
             raise Invalid(f"{where}: id-mapped mounts are not supported")
         source = mt.host_path
@@ -153,9 +156,11 @@ def _mounts(config: pb.ContainerConfig) -> tuple[list[Mount], list[Volume], list
             raise Invalid(f"{where}: unknown propagation {mt.propagation}")
         name = volume_name(source, prop)
         volumes[name] = Volume(name=name, kind="host", source=source, propagation=prop)
-        mounts.append(Mount(volume=name, target=mt.container_path, read_only=mt.readonly))
+        mounts.append(Mount(volume=name, target=mt.container_path, read_only=mt.readonly,
+                            recursive_read_only=mt.recursive_read_only))
         asked.append({"containerPath": mt.container_path, "hostPath": mt.host_path, "readonly": mt.readonly,
-                      "selinuxRelabel": mt.selinux_relabel, "propagation": mt.propagation})
+                      "selinuxRelabel": mt.selinux_relabel, "propagation": mt.propagation,
+                      "recursiveReadOnly": mt.recursive_read_only})
     return mounts, list(volumes.values()), asked
 
 
@@ -329,6 +334,23 @@ def _localhost_profile(path: str) -> dict[str, Any]:
 
 
 # -- results ------------------------------------------------------------------------------------
+
+
+def signal_name(value: int) -> str | None:
+    """A CRI ``Signal`` as pypod's stop takes it (``QUIT``, or a number for the real-time ones);
+    None for the runtime's default (the image's StopSignal, else TERM)."""
+    import signal
+
+    if not value:
+        return None
+    name = pb.Signal.Name(value).removeprefix("SIGNAL_SIG")
+    if name.startswith("RTMINPLUS"):
+        return str(signal.SIGRTMIN + int(name.removeprefix("RTMINPLUS")))
+    if name.startswith("RTMAXMINUS"):
+        return str(signal.SIGRTMAX - int(name.removeprefix("RTMAXMINUS")))
+    if name in ("RTMIN", "RTMAX"):
+        return str(int(getattr(signal, "SIG" + name)))
+    return name
 
 
 def ns(seconds: float | None) -> int:

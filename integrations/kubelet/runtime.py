@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 RUNTIME_NAME = "pypod"
 API_VERSION = "v1"
 LISTED_STATES = ("running", "exited", "exited-garbage", "garbage")
+RRO_RUNTIMES = ("crun",)  # runtimes with the "rro" mount option (crun >= 1.4; runc from 1.2, not Debian's 1.1)
 
 
 @dataclass
@@ -157,7 +158,8 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
                                      reason="" if ready else "RuntimeNotReady", message=why),
                  pb.RuntimeCondition(type="NetworkReady", status=net_ok,
                                      reason="" if net_ok else "NetworkPluginNotReady", message=net_why)]
-        handlers = [pb.RuntimeHandler(name=n, features=pb.RuntimeHandlerFeatures())
+        handlers = [pb.RuntimeHandler(name=n, features=pb.RuntimeHandlerFeatures(
+                        recursive_read_only_mounts=self._runtime_of(n) in RRO_RUNTIMES))
                     for n in ["", *self._runtime_names()]]
         info = {}
         if request.verbose:
@@ -168,6 +170,12 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
                                          "podCIDR": self.cri.pod_cidr})
         return pb.StatusResponse(status=pb.RuntimeStatus(conditions=conds), runtime_handlers=handlers,
                                  features=pb.RuntimeFeatures(), info=info)
+
+    def _runtime_of(self, handler: str) -> str:
+        """The OCI runtime a handler (or a pod's ``runtime``; "" the default) runs with."""
+        from pypod.stage1.runtime import default_runtime
+
+        return handler or self.config.runtime or default_runtime().name
 
     @staticmethod
     def _runtime_names() -> list[str]:
@@ -312,6 +320,10 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
         if not sb.ready:
             raise Fail(grpc.StatusCode.FAILED_PRECONDITION, f"pod sandbox {sb.uuid} is not ready")
         app, volumes = mapping.container_app(request.config, sb.meta)
+        runtime = self._runtime_of(sb.manifest.runtime or "")
+        if any(m.recursive_read_only for m in app.mounts) and runtime not in RRO_RUNTIMES:
+            raise Fail(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"recursive read-only mounts need one of {', '.join(RRO_RUNTIMES)}, not {runtime}")
         try:
             self.engine.app_add(sb.uuid, app, pull="never", volumes=volumes)
         except NotFound as e:
@@ -343,7 +355,8 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
             return pb.StopContainerResponse()  # idempotent
         if c.sandbox.ready and c.info.state in ("created", "running"):
             try:
-                self.engine.app_stop(c.sandbox.uuid, c.app.name, grace=max(0, request.timeout))
+                self.engine.app_stop(c.sandbox.uuid, c.app.name, grace=max(0, request.timeout),
+                                     stop_signal=mapping.signal_name(c.meta.get("stopSignal", 0)))
             except (Conflict, NotFound):
                 pass
         return pb.StopContainerResponse()
@@ -413,7 +426,8 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
         for m in c.meta.get("mounts", []):
             st.mounts.append(pb.Mount(container_path=m["containerPath"], host_path=m["hostPath"],
                                       readonly=m["readonly"], selinux_relabel=m["selinuxRelabel"],
-                                      propagation=m["propagation"]))
+                                      propagation=m["propagation"],
+                                      recursive_read_only=m.get("recursiveReadOnly", False)))
         r = c.meta.get("resources")
         if r:
             st.resources.linux.CopyFrom(pb.LinuxContainerResources(

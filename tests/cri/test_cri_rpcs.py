@@ -176,3 +176,20 @@ def test_pull_with_credentials(cri, stubs, basic_auth_registry):
         cri.stop_server()
         toml.write_text(original)
         cri.start_server()
+
+
+def test_stop_signal(stubs, sandbox):
+    """A container asking for SIGQUIT gets it on StopContainer (its trap decides the exit code)."""
+    rt, _ = stubs
+    sid, cfg = sandbox
+    cc = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="quitter"), image=pb.ImageSpec(image=BUSYBOX),
+                            command=["sh", "-c", "trap 'exit 7' QUIT; while true; do sleep 0.1; done"],
+                            stop_signal=pb.SIGNAL_SIGQUIT)
+    cid = rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=cc, sandbox_config=cfg)).container_id
+    rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=30))
+    assert time.monotonic() - t0 < 10  # the trap ran: no wait for the SIGKILL
+    st = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
+    assert (st.state, st.exit_code, st.stop_signal) == (pb.CONTAINER_EXITED, 7, pb.SIGNAL_SIGQUIT)

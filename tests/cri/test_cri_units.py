@@ -361,3 +361,32 @@ def test_method_paths_are_the_cri_ones():
     assert pb.ContainerConfig.DESCRIPTOR.fields_by_name["stop_signal"].number == 18
     assert pb.LinuxContainerSecurityContext.DESCRIPTOR.fields_by_name["run_as_group"].number == 12
     assert pb.ContainerStatus.DESCRIPTOR.fields_by_name["image_id"].number == 17
+
+
+def test_recursive_read_only_mounts(tmp_path):
+    rro = pb.Mount(container_path="/m", host_path=str(tmp_path), readonly=True, recursive_read_only=True)
+    app, volumes = mapping.container_app(_container(mounts=[rro]), {})
+    assert app.mounts[0].recursive_read_only
+    m = PodManifest(mutable=True, volumes=volumes, apps=[app])
+    again = PodManifest.from_json(m.to_json())  # validated, and kept through JSON
+    assert again.apps[0].mounts[0].recursive_read_only
+    for bad in (pb.Mount(container_path="/m", host_path=str(tmp_path), readonly=False, recursive_read_only=True),
+                pb.Mount(container_path="/m", host_path=str(tmp_path), readonly=True, recursive_read_only=True,
+                         propagation=pb.PROPAGATION_HOST_TO_CONTAINER)):
+        with pytest.raises(mapping.Invalid):
+            mapping.container_app(_container(mounts=[bad]), {})
+    app.mounts[0].read_only = False  # the manifest refuses it as well
+    with pytest.raises(UsageError, match="recursiveReadOnly"):
+        PodManifest(mutable=True, volumes=volumes, apps=[app]).validate()
+
+
+def test_stop_signal_names():
+    import signal
+
+    assert mapping.signal_name(pb.SIGNAL_RUNTIME_DEFAULT) is None
+    assert mapping.signal_name(pb.SIGNAL_SIGQUIT) == "QUIT"
+    assert mapping.signal_name(pb.SIGNAL_SIGRTMINPLUS3) == str(signal.SIGRTMIN + 3)
+    assert mapping.signal_name(pb.SIGNAL_SIGRTMAX) == str(signal.SIGRTMAX)
+    from pypod.stage1 import signal_number
+
+    assert signal_number("QUIT") == signal_number("SIGQUIT") == signal.SIGQUIT == signal_number("3")
