@@ -23,6 +23,9 @@ Pod isolators::
     "privileged": true               every app privileged
     "sysctl": {"net.ipv4.ip_unprivileged_port_start": "0", ...}   (alias "sysctls")
     "privateUsers": true             a user namespace with a range of 65536 host ids (userns.py)
+    "privateUsers": {"uid": 1000, "gid": 1000, "size": 100000}
+                                     with the range its caller chose (an orchestrator that
+                                     allocates ranges itself, as the kubelet does)
 
 Flags (rkt's where rkt had one): app ``--caps-retain=CAP,...``, ``--caps-remove=CAP,...``,
 ``--seccomp=mode=...|unconfined``, ``--seccomp-profile=FILE``, ``--no-new-privs``,
@@ -308,7 +311,26 @@ def _flag(iso: Mapping[str, Any], key: str) -> bool:
 
 
 def private_users(pod: "PodManifest") -> bool:
+    v = pod.isolators.get("privateUsers", False)
+    if isinstance(v, Mapping):
+        _users_range(v)
+        return True
     return _flag(pod.isolators, "privateUsers")
+
+
+def _users_range(v: Mapping[str, Any]) -> "Range":
+    """A caller-chosen range: host uid, host gid and size, the container's ids starting at 0."""
+    from .userns import Range
+
+    if set(v) - {"uid", "gid", "size"} or not {"uid", "gid", "size"} <= set(v):
+        raise UsageError("privateUsers: expected true or {\"uid\": HOSTID, \"gid\": HOSTID, \"size\": N}")
+    for key in ("uid", "gid", "size"):
+        if not isinstance(v[key], int) or isinstance(v[key], bool) or v[key] < (1 if key == "size" else 0):
+            raise UsageError(f"privateUsers.{key}: expected a {'positive' if key == 'size' else 'non-negative'} "
+                             f"integer, not {v[key]!r}")
+    if max(v["uid"], v["gid"]) + v["size"] > 1 << 32:
+        raise UsageError("privateUsers: the range passes the last id (2^32-1)")
+    return Range(v["uid"], v["gid"], v["size"])
 
 
 def _host_network(pod: "PodManifest") -> bool:
@@ -401,6 +423,9 @@ def claim_users(pod_dir: str | os.PathLike, uuid: str, manifest: "PodManifest",
         return None
     from . import userns
 
+    chosen = manifest.isolators.get("privateUsers")
+    if isinstance(chosen, Mapping):  # the caller's range: recorded, not claimed in pypod's pool
+        return userns.record(pod_dir, _users_range(chosen))
     return userns.allocate(pod_dir, uuid, data_dir)
 
 

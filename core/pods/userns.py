@@ -165,6 +165,14 @@ def allocate(pod_dir: str | os.PathLike, uuid: str, data_dir: str | os.PathLike,
     return r
 
 
+def record(pod_dir: str | os.PathLike, r: Range) -> Range:
+    """Record a range the pod's creator chose (no claim: the creator keeps ranges apart)."""
+    from .fsutil import write_atomic
+
+    write_atomic(os.path.join(pod_dir, RECORD), json.dumps(r.to_dict()).encode())
+    return r
+
+
 def _write_claim(registry: str, r: Range, uuid: str, data_dir: str) -> None:
     from .fsutil import write_atomic
 

@@ -66,8 +66,14 @@ def container_metadata(meta: Mapping[str, Any]) -> pb.ContainerMetadata:
 
 def namespace_option(meta: Mapping[str, Any]) -> pb.NamespaceOption:
     ns = meta.get("namespaces") or {}
-    return pb.NamespaceOption(network=ns.get("network", 0), pid=ns.get("pid", 0), ipc=ns.get("ipc", 0),
-                              target_id=ns.get("targetId", ""))
+    opt = pb.NamespaceOption(network=ns.get("network", 0), pid=ns.get("pid", 0), ipc=ns.get("ipc", 0),
+                             target_id=ns.get("targetId", ""))
+    us = ns.get("userns")
+    if us:
+        opt.userns_options.mode = us["mode"]
+        opt.userns_options.uids.append(pb.IDMapping(host_id=us["uid"], container_id=0, length=us["size"]))
+        opt.userns_options.gids.append(pb.IDMapping(host_id=us["gid"], container_id=0, length=us["size"]))
+    return opt
 
 
 # -- sandboxes ----------------------------------------------------------------------------------
@@ -82,8 +88,6 @@ def sandbox_manifest(config: pb.PodSandboxConfig, *, network: str, runtime_handl
     nso = sc.namespace_options
     if nso.pid == pb.TARGET:
         raise Invalid("a sandbox cannot have a TARGET pid namespace (only containers can)")
-    if nso.userns_options.mode not in (pb.NODE, pb.POD) or nso.userns_options.uids:
-        raise Invalid("user namespaces are not supported by this runtime handler")
     host_net = nso.network == pb.NODE
     m = PodManifest(mutable=True)
     m.networks = [Network("host" if host_net else network)]
@@ -108,15 +112,39 @@ def sandbox_manifest(config: pb.PodSandboxConfig, *, network: str, runtime_handl
         "runtimeHandler": runtime_handler,
         "namespaces": {"network": nso.network, "pid": nso.pid, "ipc": nso.ipc},
     }
+    isolators: dict[str, Any] = {}
+    users = user_namespace(nso)
+    if users is not None:
+        isolators["privateUsers"] = users
+        meta["namespaces"]["userns"] = {"mode": nso.userns_options.mode, **users}
     m.annotations = dict(config.annotations)
     m.annotations[META] = json.dumps(meta, separators=(",", ":"))
-    isolators: dict[str, Any] = {}
     if linux.sysctls:
         isolators["sysctl"] = dict(linux.sysctls)
     if sc.privileged:
         isolators["privileged"] = True
     m.isolators = isolators
     return m
+
+
+def user_namespace(nso: pb.NamespaceOption) -> dict[str, int] | None:
+    """The pod's user namespace from the CRI's options: None for the host's (NODE, or none
+    asked), else the one range pypod maps (container ids from 0)."""
+    if not nso.HasField("userns_options"):
+        return None
+    us = nso.userns_options
+    if us.mode == pb.NODE:
+        return None
+    if us.mode != pb.POD:
+        raise Invalid(f"user namespace mode {pb.NamespaceMode.Name(us.mode)} is not supported (POD or NODE)")
+    if len(us.uids) != 1 or len(us.gids) != 1:
+        raise Invalid("a POD user namespace needs exactly one uid and one gid mapping")
+    u, g = us.uids[0], us.gids[0]
+    if u.container_id != 0 or g.container_id != 0:
+        raise Invalid("a POD user namespace must map container id 0")
+    if u.length != g.length or not u.length:
+        raise Invalid("the uid and gid mappings must have the same, non-zero length")
+    return {"uid": u.host_id, "gid": g.host_id, "size": u.length}
 
 
 # -- containers ---------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
                  pb.RuntimeCondition(type="NetworkReady", status=net_ok,
                                      reason="" if net_ok else "NetworkPluginNotReady", message=net_why)]
         handlers = [pb.RuntimeHandler(name=n, features=pb.RuntimeHandlerFeatures(
-                        recursive_read_only_mounts=self._runtime_of(n) in RRO_RUNTIMES))
+                        recursive_read_only_mounts=self._runtime_of(n) in RRO_RUNTIMES, user_namespaces=True))
                     for n in ["", *self._runtime_names()]]
         info = {}
         if request.verbose:

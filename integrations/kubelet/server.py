@@ -123,6 +123,10 @@ def _reaper(stop: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The engine forks (a child that unshares a user namespace for idmapped mounts): with gRPC's
+    # fork support on, its atfork handlers restart gRPC's threads in the child, and a threaded
+    # process cannot unshare CLONE_NEWUSER. Nothing here uses gRPC in a child. Before the import.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     a = _parser().parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s pypod-cri %(levelname)s %(message)s")
     for noisy in ("httpx", "httpcore", "asyncio"):  # one line per request and per TCP step

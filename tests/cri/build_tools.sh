@@ -8,6 +8,7 @@ TOOLS=$(realpath -m "${1:-$(dirname "$0")/../../.tools}")
 BIN=$TOOLS/bin
 mkdir -p "$BIN"
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin  # Go's own tarball installs there
 command -v go >/dev/null || { echo "go (>= 1.26) is needed to build cri-tools" >&2; exit 1; }
 
 stamp() { cat "$BIN/.$1.version" 2>/dev/null || true; }

@@ -207,7 +207,8 @@ def _nonewprivs(work: Path) -> bytes:
     src.write_text(NONEWPRIVS_GO)
     out = work / "nonewprivs"
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false", GOTOOLCHAIN="local")
-    subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out), str(src)],
+    go = shutil.which("go") or "/usr/local/go/bin/go"  # Go's own tarball installs there
+    subprocess.run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out), str(src)],
                    check=True, capture_output=True, env=env, cwd=work)
     return out.read_bytes()
 

@@ -390,3 +390,25 @@ def test_stop_signal_names():
     from pypod.stage1 import signal_number
 
     assert signal_number("QUIT") == signal_number("SIGQUIT") == signal.SIGQUIT == signal_number("3")
+
+
+def test_user_namespaces():
+    def sandbox(**userns):
+        cfg = _sandbox_config()
+        cfg.linux.security_context.namespace_options.userns_options.CopyFrom(pb.UserNamespace(**userns))
+        return mapping.sandbox_manifest(cfg, network="default")
+
+    one = [pb.IDMapping(container_id=0, host_id=1000, length=100000)]
+    m = sandbox(mode=pb.POD, uids=one, gids=one)
+    m.validate()
+    assert m.isolators["privateUsers"] == {"uid": 1000, "gid": 1000, "size": 100000}
+    opt = mapping.namespace_option(mapping.meta_of(m.annotations))
+    assert opt.userns_options.uids[0].host_id == 1000 and opt.userns_options.mode == pb.POD
+    assert "privateUsers" not in sandbox(mode=pb.NODE).isolators
+    assert "privateUsers" not in mapping.sandbox_manifest(_sandbox_config(), network="default").isolators
+    for bad in (dict(mode=pb.CONTAINER), dict(mode=pb.TARGET), dict(mode=pb.POD),
+                dict(mode=pb.POD, uids=one * 2, gids=one * 2),
+                dict(mode=pb.POD, uids=[pb.IDMapping(container_id=1, host_id=1000, length=10)],
+                     gids=[pb.IDMapping(container_id=1, host_id=1000, length=10)])):
+        with pytest.raises(mapping.Invalid):
+            sandbox(**bad)
