@@ -138,6 +138,26 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
             info = AppInfo(name=app.name, image=app.image, image_id=app.image_id, state="unknown")
         return Ctr(sb, app, info, meta_of(app.annotations) or {})
 
+    def _matching_sandboxes(self, sid: str) -> list[Sandbox]:
+        """The sandboxes a filter's id names (every one without it)."""
+        if not sid:
+            return list(self.sandboxes())
+        try:
+            return [self.sandbox(sid, refresh=False)]
+        except Fail:
+            return []
+
+    def _matching_containers(self, cid: str, sid: str) -> list[Ctr]:
+        """The containers a filter's container id or sandbox id names (every one without them)."""
+        try:
+            if cid:
+                return [self.container(cid, refresh=False)]
+            if sid:
+                return list(self.containers([self.sandbox(sid, refresh=False)]))
+        except Fail:
+            return []
+        return list(self.containers())
+
     def containers(self, sandboxes=None) -> Iterator[Ctr]:
         for sb in sandboxes if sandboxes is not None else self.sandboxes():
             for app in sb.manifest.apps:
@@ -294,13 +314,7 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
     def ListPodSandbox(self, request, context):
         f = request.filter
         items = []
-        if f.id:
-            try:
-                found = [self.sandbox(f.id, refresh=False)]
-            except Fail:
-                found = []
-        else:
-            found = list(self.sandboxes())
+        found = self._matching_sandboxes(f.id)
         for sb in found:
             state = pb.SANDBOX_READY if sb.ready else pb.SANDBOX_NOTREADY
             if f.HasField("state") and f.state.state != state:
@@ -385,18 +399,7 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
     @rpc
     def ListContainers(self, request, context):
         f = request.filter
-        if f.id:
-            try:
-                found = [self.container(f.id, refresh=False)]
-            except Fail:
-                found = []
-        elif f.pod_sandbox_id:
-            try:
-                found = list(self.containers([self.sandbox(f.pod_sandbox_id, refresh=False)]))
-            except Fail:
-                found = []
-        else:
-            found = list(self.containers())
+        found = self._matching_containers(f.id, f.pod_sandbox_id)
         out = []
         for c in found:
             msg = self._container_msg(c)
@@ -561,18 +564,7 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
     @rpc
     def ListContainerStats(self, request, context):
         f = request.filter
-        if f.id:
-            try:
-                found = [self.container(f.id, refresh=False)]
-            except Fail:
-                found = []
-        elif f.pod_sandbox_id:
-            try:
-                found = list(self.containers([self.sandbox(f.pod_sandbox_id, refresh=False)]))
-            except Fail:
-                found = []
-        else:
-            found = list(self.containers())
+        found = self._matching_containers(f.id, f.pod_sandbox_id)
         stats = [self._container_stats(c) for c in found
                  if c.info.state == "running" and _selected(c.app.labels, f.label_selector)]
         return pb.ListContainerStatsResponse(stats=stats)
@@ -629,13 +621,7 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
     @rpc
     def ListPodSandboxStats(self, request, context):
         f = request.filter
-        if f.id:
-            try:
-                found = [self.sandbox(f.id, refresh=False)]
-            except Fail:
-                found = []
-        else:
-            found = list(self.sandboxes())
+        found = self._matching_sandboxes(f.id)
         stats = [self._sandbox_stats(sb) for sb in found if sb.ready and _selected(sb.manifest.labels,
                                                                                    f.label_selector)]
         return pb.ListPodSandboxStatsResponse(stats=stats)
