@@ -70,6 +70,8 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
         self.streaming = streaming
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # id -> (time ns, cpu ns): usage_nano_cores
         self._samples_lock = threading.Lock()
+        self._starting: set[tuple] = set()  # sandboxes being created, by CRI metadata
+        self._starting_lock = threading.Lock()
 
     # -- lookups --------------------------------------------------------------------------------
     def _sandbox_of(self, pod, *, refresh: bool = False) -> Sandbox | None:
@@ -252,7 +254,22 @@ class RuntimeService(EngineOwner, pb_grpc.RuntimeServiceServicer):
         manifest = mapping.sandbox_manifest(request.config, network=self.cri.network, runtime_handler=handler)
         if handler:
             manifest.runtime = handler
-        uuid = self.engine.sandbox(manifest)
+        md = request.config.metadata
+        key = (md.name, md.uid, md.namespace, md.attempt)
+        with self._starting_lock:  # a retried request must not make a second sandbox
+            if key in self._starting:
+                raise Fail(grpc.StatusCode.ALREADY_EXISTS, f"pod sandbox {md.name!r} attempt {md.attempt} is being created")
+            self._starting.add(key)
+        try:
+            for sb in self.sandboxes():
+                m = sb.meta.get("metadata") or {}
+                if (m.get("name"), m.get("uid"), m.get("namespace"), m.get("attempt")) == key:
+                    raise Fail(grpc.StatusCode.ALREADY_EXISTS,
+                               f"pod sandbox {md.name!r} ({md.namespace}/{md.uid}) attempt {md.attempt} exists: {sb.uuid}")
+            uuid = self.engine.sandbox(manifest)
+        finally:
+            with self._starting_lock:
+                self._starting.discard(key)
         return pb.RunPodSandboxResponse(pod_sandbox_id=uuid)
 
     @rpc

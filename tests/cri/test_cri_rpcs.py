@@ -79,6 +79,8 @@ def test_malformed_requests_are_invalid(stubs, sandbox):
     assert _code(lambda: rt.ExecSync(pb.ExecSyncRequest(container_id=cid))) == invalid
     assert _code(lambda: rt.Exec(pb.ExecRequest(container_id=cid, cmd=["sh"], tty=True, stderr=True))) == invalid
     assert _code(lambda: im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image="Not A Ref")))) == invalid
+    # a second sandbox with the same metadata (a retried RunPodSandbox) is refused
+    assert _code(lambda: rt.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg))) == grpc.StatusCode.ALREADY_EXISTS
     # a second container with the same name and attempt is refused
     assert _code(lambda: _container(rt, sid, cfg, "valid")) == grpc.StatusCode.ALREADY_EXISTS
     # an image that was not pulled
