@@ -235,6 +235,8 @@ class Engine:
             etc_resolv_conf=str(etc / "resolv.conf") if (etc / "resolv.conf").exists() else None,
             etc_hostname=str(etc / "hostname") if (etc / "hostname").exists() else None,
             exit_command=self._hook_argv("app-exited"), lock_fd=lock_fd)
+        if manifest.cgroup_parent:
+            cfg.cgroup_parent = manifest.cgroup_parent
         return isolation.pod_config(cfg, manifest, pod.path)
 
     def _hook_argv(self, hook: str) -> list[str]:
@@ -759,11 +761,12 @@ class Engine:
 
         pod = self.pods.get(ref)
         manifest = pod.manifest()
+        parent = manifest.cgroup_parent or cgroups.DEFAULT_PARENT
         if app is not None:
             self._need_app(pod, manifest, app)
-            path = cgroups.app_path(pod.uuid, app)
+            path = cgroups.app_path(pod.uuid, app, parent)
         else:
-            path = cgroups.pod_path(pod.uuid)
+            path = cgroups.pod_path(pod.uuid, parent)
         st = cgroups.stats(path)
         return {"cpu_usage_ns": st.cpu_usage_ns, "memory_usage": st.memory_usage,
                 "memory_max_usage": st.memory_max_usage, "memory_limit": st.memory_limit,

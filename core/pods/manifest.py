@@ -302,6 +302,7 @@ class PodManifest:
     ports: list[Port] = field(default_factory=list)
     networks: list[Network] = field(default_factory=lambda: [Network("default")])
     netns: str | None = None  # join this existing network namespace (a path) instead of attaching networks
+    cgroup_parent: str | None = None  # the pod's cgroups go below this (absolute); None: /pypod
     exit_policy: str = "all-exited"
     stage1: str = "oci"
     runtime: str | None = None  # None: the configured or probed default
@@ -578,6 +579,8 @@ def _validate_pod(pod: PodManifest) -> None:
         if n.name in ("host", "none") and len(pod.networks) > 1:
             raise _fail(f"networks[{i}]", f"network {n.name!r} cannot be combined with others")
         _check_map(n.args, f"networks[{i}].args")
+    if pod.cgroup_parent is not None:
+        _check_abs_path(pod.cgroup_parent, "cgroupParent")
     if pod.netns is not None:
         _check_abs_path(pod.netns, "netns")
         if pod.ports:
@@ -819,6 +822,7 @@ def _pod_from_dict(doc: Any) -> PodManifest:
             pod.networks.append(Network(name=no.req("name"), args=no.smap("args")))
             no.done()
     pod.netns = o.s("netns")
+    pod.cgroup_parent = o.s("cgroupParent")
     pod.exit_policy = o.s("exitPolicy", "all-exited") or "all-exited"
     pod.stage1 = stage1
     pod.runtime = o.s("runtime")
@@ -929,6 +933,7 @@ def _pod_to_dict(p: PodManifest) -> dict[str, Any]:
         nets.append(nd)
     d["networks"] = nets
     _put(d, "netns", p.netns)
+    _put(d, "cgroupParent", p.cgroup_parent)
     d["exitPolicy"] = p.exit_policy
     d["stage1"] = p.stage1
     d["runtime"] = p.runtime

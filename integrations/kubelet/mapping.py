@@ -102,6 +102,11 @@ def sandbox_manifest(config: pb.PodSandboxConfig, *, network: str, runtime_handl
                 raise Invalid(f"port mapping {p.container_port}:{p.host_port}: port out of range")
             m.ports.append(Port(container_port=p.container_port, protocol=PROTOCOLS.get(p.protocol, "tcp"),
                                 host_port=p.host_port, host_ip=p.host_ip or None))
+    if linux.cgroup_parent:  # the kubelet's (cgroupfs names: RuntimeConfig says cgroupfs)
+        parent = linux.cgroup_parent if linux.cgroup_parent.startswith("/") else "/" + linux.cgroup_parent
+        if parent.endswith(".slice"):
+            raise Invalid(f"cgroup_parent {linux.cgroup_parent!r} is a systemd slice: use the cgroupfs driver")
+        m.cgroup_parent = parent
     m.pid_mode = PID_MODES[nso.pid]
     m.ipc_mode = "host" if nso.ipc == pb.NODE else "pod"
     m.labels = dict(config.labels)

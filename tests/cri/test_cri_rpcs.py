@@ -195,3 +195,30 @@ def test_stop_signal(stubs, sandbox):
     assert time.monotonic() - t0 < 10  # the trap ran: no wait for the SIGKILL
     st = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
     assert (st.state, st.exit_code, st.stop_signal) == (pb.CONTAINER_EXITED, 7, pb.SIGNAL_SIGQUIT)
+
+
+def test_cgroup_parent(stubs):
+    """The kubelet's cgroup parent (cgroupfs names) holds the pod's cgroups."""
+    import os
+    import secrets
+
+    from pypod.stage1 import cgroups
+
+    rt, im = stubs
+    im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=BUSYBOX)))
+    parent = f"/pypod-cri-test-{secrets.token_hex(4)}/podabc"
+    cfg = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="cg", uid="cg-uid", namespace="default"),
+                              linux=pb.LinuxPodSandboxConfig(cgroup_parent=parent))
+    sid = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg)).pod_sandbox_id
+    try:
+        cid = _container(rt, sid, cfg, "inside")
+        rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+        layout = cgroups.detect()
+        mem = layout.stats_dir("memory", cgroups.pod_path(sid, parent))
+        assert mem and os.path.isdir(mem) and any(os.scandir(os.path.join(mem, "apps")))
+        stats = rt.ContainerStats(pb.ContainerStatsRequest(container_id=cid)).stats
+        assert stats.memory.usage_bytes.value > 0
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid))
+        assert not cgroups.exists(cgroups.pod_path(sid, parent))
+        cgroups.remove(parent.rsplit("/", 1)[0])  # the parent is the caller's (the kubelet's) to remove
