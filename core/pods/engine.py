@@ -400,9 +400,20 @@ class Engine:
             self.images.hold(pod.uuid, img)
             _save_manifest(dfd, manifest)
             failpoint("app-add")
-            cfg = self._pod_config(pod, manifest, network=self._net_mode(pod))
-            app_cfg = self._app_config(pod, manifest, app)
-            flavor.add_app(cfg, app_cfg)
+            try:
+                cfg = self._pod_config(pod, manifest, network=self._net_mode(pod))
+                app_cfg = self._app_config(pod, manifest, app)
+                flavor.add_app(cfg, app_cfg)  # undoes its own work when it fails
+            except BaseException:  # e.g. a user or a device that is not there: the app never was
+                from . import rootfs
+
+                try:
+                    rootfs.remove_app(pod.path, app.name)
+                except (PypodError, OSError):
+                    pass  # gc finishes it
+                manifest.apps = [a for a in manifest.apps if a.name != app.name]
+                _save_manifest(dfd, manifest)
+                raise
             pod.status().update_app(app.name, state=status_mod.APP_CREATED, created_at=time.time_ns())
             self._emit(events.APP_CREATED, pod=pod.uuid, app=app.name, image=app.image_id)
         if start:

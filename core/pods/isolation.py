@@ -17,6 +17,8 @@ App isolators (JSON keys; rkt's appc names are accepted as aliases)::
     "privileged": true
     "maskedPaths": ["/proc/kcore", ...], "readonlyPaths": ["/proc/sys", ...]
         replace the default kernel path lists (what the kubelet sends through the CRI)
+    "devices": [{"hostPath": "/dev/fuse", "containerPath": "/dev/fuse", "permissions": "rwm"}]
+        host device nodes given to the app (created in its /dev, allowed by its device cgroup)
 
 Pod isolators::
 
@@ -84,7 +86,7 @@ _APPC = {"os/linux/capabilities-retain-set": ("capabilities", "retain"),
          "os/linux/seccomp-remove-set": ("seccomp", "remove"),
          "os/linux/no-new-privileges": ("noNewPrivileges", None)}
 APP_ISOLATORS = ("capabilities", "seccomp", "noNewPrivileges", "privileged", "maskedPaths", "readonlyPaths",
-                 *_APPC)
+                 "devices", *_APPC)
 POD_ISOLATORS = ("privileged", "sysctl", "sysctls", "privateUsers")
 
 #: Sysctls that live in a namespace the pod owns (and which one), as podman and the kubelet
@@ -245,6 +247,7 @@ class AppPolicy:
     privileged: bool
     masked_paths: list[str] | None = None    # None: the defaults of pypod.stage1.spec
     readonly_paths: list[str] | None = None
+    devices: list[dict] | None = None         # {"hostPath", "containerPath", "permissions"}
 
 
 def _paths(iso: Mapping[str, Any], key: str) -> list[str] | None:
@@ -300,7 +303,49 @@ def app_policy(pod: "PodManifest", app: "App") -> AppPolicy:
                 raise UsageError(f"seccomp: {e}") from None
     nnp = _flag(iso, "noNewPrivileges") or _flag(iso, "os/linux/no-new-privileges")
     return AppPolicy(capabilities=caps, seccomp=sc, no_new_privileges=nnp, privileged=privileged,
-                     masked_paths=_paths(iso, "maskedPaths"), readonly_paths=_paths(iso, "readonlyPaths"))
+                     masked_paths=_paths(iso, "maskedPaths"), readonly_paths=_paths(iso, "readonlyPaths"),
+                     devices=_devices(iso))
+
+
+def _devices(iso: Mapping[str, Any]) -> list[dict] | None:
+    v = iso.get("devices")
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise UsageError("devices: expected a list of {hostPath, containerPath, permissions}")
+    out = []
+    for i, d in enumerate(v):
+        if not isinstance(d, Mapping) or set(d) - {"hostPath", "containerPath", "permissions"}:
+            raise UsageError(f"devices[{i}]: expected {{hostPath, containerPath, permissions}}")
+        host, target, perms = d.get("hostPath"), d.get("containerPath") or d.get("hostPath"), d.get("permissions", "rwm")
+        for what, path in (("hostPath", host), ("containerPath", target)):
+            if not isinstance(path, str) or not path.startswith("/dev/") or ".." in path.split("/"):
+                raise UsageError(f"devices[{i}].{what}: expected a path below /dev, not {path!r}")
+        if not isinstance(perms, str) or not perms or set(perms) - set("rwm"):
+            raise UsageError(f"devices[{i}].permissions: expected letters of rwm, not {perms!r}")
+        out.append({"hostPath": host, "containerPath": target, "permissions": perms})
+    return out
+
+
+def device_nodes(devices: list[dict]) -> tuple[list[dict], list[dict]]:
+    """OCI ``linux.devices`` and device cgroup rules for host device nodes (each must exist and be
+    a character or block device)."""
+    import stat
+
+    nodes, rules = [], []
+    for d in devices:
+        try:
+            st = os.stat(d["hostPath"])
+        except OSError as e:
+            raise UsageError(f"device {d['hostPath']}: {e.strerror}") from None
+        if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise UsageError(f"device {d['hostPath']}: not a character or block device")
+        kind = "c" if stat.S_ISCHR(st.st_mode) else "b"
+        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        nodes.append({"path": d["containerPath"], "type": kind, "major": major, "minor": minor,
+                      "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid})
+        rules.append({"allow": True, "type": kind, "major": major, "minor": minor, "access": d["permissions"]})
+    return nodes, rules
 
 
 def _flag(iso: Mapping[str, Any], key: str) -> bool:
@@ -476,6 +521,12 @@ def app_spec(spec: "AppSpec", manifest: "PodManifest", app: "App", pod_dir: str 
         spec.masked_paths = tuple(policy.masked_paths)
     if policy.readonly_paths is not None:
         spec.readonly_paths = tuple(policy.readonly_paths)
+    if policy.devices:
+        nodes, rules = device_nodes(policy.devices)
+        spec.devices = [*spec.devices, *nodes]
+        res = dict(spec.resources or {})
+        res["devices"] = [*(res.get("devices") or [{"allow": False, "access": "rwm"}]), *rules]
+        spec.resources = res
     if policy.privileged:
         spec.masked_paths, spec.readonly_paths = (), ()
         spec.readonly_sys = False

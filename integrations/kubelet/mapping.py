@@ -276,8 +276,11 @@ def container_app(config: pb.ContainerConfig, sandbox_meta: Mapping[str, Any]) -
     app.annotations = dict(config.annotations)
     app.annotations[META] = json.dumps(meta, separators=(",", ":"))
     app.isolators = security_isolators(sc, sandbox_meta)
-    if config.devices or config.CDI_devices:
-        raise Invalid("devices are not supported by this runtime")
+    if config.CDI_devices:
+        raise Unsupported("CDI devices are not supported by this runtime")
+    if config.devices:
+        app.isolators["devices"] = [{"hostPath": d.host_path, "containerPath": d.container_path or d.host_path,
+                                     "permissions": d.permissions or "rwm"} for d in config.devices]
     return app, volumes
 
 

@@ -222,3 +222,23 @@ def test_cgroup_parent(stubs):
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid))
         assert not cgroups.exists(cgroups.pod_path(sid, parent))
         cgroups.remove(parent.rsplit("/", 1)[0])  # the parent is the caller's (the kubelet's) to remove
+
+
+def test_devices(stubs, sandbox):
+    """A host device node given to a container: there under its name, usable (and nothing else)."""
+    rt, _ = stubs
+    sid, cfg = sandbox
+    cid = _container(rt, sid, cfg, "devices",
+                     devices=[pb.Device(host_path="/dev/zero", container_path="/dev/myzero", permissions="rw")])
+    rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    out = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "head -c 3 /dev/myzero | od -An -c"]))
+    assert out.exit_code == 0 and out.stdout.split() == [b"\\0", b"\\0", b"\\0"]
+    bad = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="nodev"), image=pb.ImageSpec(image=BUSYBOX),
+                             devices=[pb.Device(host_path="/dev/not-there", container_path="/dev/x")])
+    assert _code(lambda: rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=bad))) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    # the refused container left nothing: not listed, and its name is free again
+    names = [c.metadata.name for c in rt.ListContainers(pb.ListContainersRequest()).containers]
+    assert "nodev" not in names
+    bad.ClearField("devices")
+    rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=bad))

@@ -142,8 +142,8 @@ def test_container_validation():
         mapping.container_app(cfg, {})
     with pytest.raises(mapping.Invalid, match="log_directory"):
         mapping.container_app(_container(log_path="x.log"), {})
-    with pytest.raises(mapping.Invalid, match="devices"):
-        mapping.container_app(_container(devices=[pb.Device(host_path="/dev/null", container_path="/dev/x")]), {})
+    app, _ = mapping.container_app(_container(devices=[pb.Device(host_path="/dev/null", container_path="/dev/x")]), {})
+    assert app.isolators["devices"] == [{"hostPath": "/dev/null", "containerPath": "/dev/x", "permissions": "rwm"}]
 
 
 def test_capabilities():
