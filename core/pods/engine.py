@@ -699,8 +699,12 @@ class Engine:
         if not mark_only:
             from .. import network
 
+            from ..stage1 import cgroups
+
             live = {p.uuid for p in self.pods.list()}
             network.gc(live, settings=self._net_settings())
+            if not live:  # pypod's parent cgroup goes with the last pod (rmdir: only if empty)
+                cgroups.remove_if_empty()
         return report
 
     # -- looking at pods ------------------------------------------------------------------------

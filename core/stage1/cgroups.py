@@ -430,6 +430,20 @@ def remove(path: str, layout: Layout | None = None, *, kill: bool = False,
         delay = min(delay * 2, 0.1)
 
 
+def remove_if_empty(path: str = DEFAULT_PARENT, layout: Layout | None = None) -> bool:
+    """rmdir ``path`` on every hierarchy where it has no children left (gc's last step: pypod's
+    parent cgroup goes with its last pod). Never recursive; True when it is gone everywhere."""
+    gone = True
+    for d in _dirs(path, layout or detect()):
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            gone = False
+    return gone
+
+
 def _rmtree_cgroup(top: str) -> list[str]:
     """rmdir ``top`` depth-first; returns the directories that could not be removed."""
     if not os.path.isdir(top):
