@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pypod.pods.state import is_uuid
 
 from . import ids, mapping
 from .config import CriConfig
-from .mapping import META, meta_of, visible
+from .mapping import meta_of, visible
 from .proto import cri_pb2 as pb
 from .proto import cri_pb2_grpc as pb_grpc
 from .service import EngineOwner, Fail, log, need, rpc

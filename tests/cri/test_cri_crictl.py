@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
