@@ -131,6 +131,9 @@ state = "{self.work}/state"
         for point in sorted(mine, reverse=True):
             subprocess.run(["umount", "-l", point], capture_output=True)
         subprocess.run(["ip", "link", "del", CONTAINERD_NET["bridge"]], capture_output=True)
+        ipam = Path("/var/lib/cni/networks") / CONTAINERD_NET["name"]  # host-local's state: empty by now
+        if ipam.is_dir() and not set(os.listdir(ipam)) - {"lock", "last_reserved_ip.0"}:
+            shutil.rmtree(ipam, ignore_errors=True)
 
 
 def params(pods: int, containers: int, images: int) -> dict:
