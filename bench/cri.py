@@ -126,6 +126,10 @@ state = "{self.work}/state"
         for line in subprocess.run(["pgrep", "-af", "containerd-shim"], capture_output=True, text=True).stdout.splitlines():
             if str(self.socket) in line:  # a shim of ours outlived its containers
                 os.kill(int(line.split()[0]), signal.SIGKILL)
+        from pypod.stage1 import conmon
+
+        time.sleep(0.5)
+        conmon.reap_adopted(("conmon", "containerd-shim"))  # shims daemonise: this subreaper adopted them
         with open("/proc/self/mountinfo") as f:
             mine = [line.split()[4] for line in f if line.split()[4].startswith(str(self.work))]
         for point in sorted(mine, reverse=True):
