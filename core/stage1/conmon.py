@@ -321,6 +321,26 @@ def read_exit(files: Files) -> int | None:
     return None
 
 
+def app_status(name: str, files: Files) -> "AppStatus":
+    """An app's state from the files alone: ``created``/``started`` markers (their mtimes are the
+    times), conmon's exit file and OOM marker, its pid files."""
+    from . import AppStatus
+    from .files import mtime
+
+    created = mtime(os.path.join(files.bundle, "created"))
+    started = mtime(os.path.join(files.bundle, "started"))
+    code = read_exit(files)
+    st = AppStatus(name=name, state="unknown", created_at=created, started_at=started, log_path=files.log_path)
+    if code is not None:
+        st.state, st.exit_code = "exited", code
+        st.finished_at = mtime(files.exit_file) or mtime(os.path.join(files.state_dir, "exit"))
+        st.oom_killed = oom_killed(files)
+    elif conmon_pid(files) is not None:
+        st.state = "running" if started else "created"
+        st.pid = _read_int(files.pidfile)
+    return st
+
+
 def oom_killed(files: Files) -> bool:
     """Whether conmon saw the OOM killer act in the container's memory cgroup."""
     return os.path.exists(files.oom_file)

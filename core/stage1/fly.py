@@ -438,7 +438,7 @@ from typing import Mapping, Sequence  # noqa: E402
 from ..errors import Conflict, NotFound  # noqa: E402
 from . import AppConfig, AppStatus, ExecResult, PodConfig, PodStatus, Stage1Error  # noqa: E402
 from . import cgroups, conmon  # noqa: E402
-from .files import mtime as _mtime, read_int as _read_int, rmtree as _rmtree, touch as _touch, unlink as _unlink  # noqa: E402
+from .files import read_int as _read_int, rmtree as _rmtree, touch as _touch, unlink as _unlink  # noqa: E402
 from . import spec as spec_mod  # noqa: E402
 
 _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -854,19 +854,7 @@ class FlyStage1:
         return PodStatus(pod.id, state, infra_pid=pid, namespaces={}, apps=apps)
 
     def _app_status(self, pod: PodConfig, name: str, files: conmon.Files) -> AppStatus:
-        created = _mtime(os.path.join(files.bundle, "created"))
-        started = _mtime(os.path.join(files.bundle, "started"))
-        code = conmon.read_exit(files)
-        st = AppStatus(name=name, state="unknown", created_at=created, started_at=started,
-                       log_path=files.log_path)
-        if code is not None:
-            st.state, st.exit_code = "exited", code
-            st.finished_at = _mtime(files.exit_file) or _mtime(os.path.join(files.state_dir, "exit"))
-            st.oom_killed = conmon.oom_killed(files)
-        elif conmon.conmon_pid(files) is not None:
-            st.state = "running" if started else "created"
-            st.pid = _read_int(files.pidfile)
-        return st
+        return conmon.app_status(name, files)
 
 
 # -- helpers (library side) -----------------------------------------------------------------------

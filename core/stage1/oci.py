@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import Mapping, Sequence
 
 from ..errors import Conflict, NotFound
-from .files import mtime as _mtime, read_int as _read_int, rmtree as _rmtree, touch as _touch, unlink as _unlink
+from .files import read_int as _read_int, rmtree as _rmtree, touch as _touch, unlink as _unlink
 from . import AppConfig, AppStatus, ExecResult, PodConfig, PodStatus, Stage1Error, cgroups, conmon
 from . import infra as infra_mod
 from . import spec as spec_mod
@@ -364,19 +364,7 @@ class OciStage1:
         return st
 
     def _app_status(self, pod: PodConfig, name: str, files: conmon.Files) -> AppStatus:
-        created = _mtime(os.path.join(files.bundle, "created"))
-        started = _mtime(os.path.join(files.bundle, "started"))
-        code = conmon.read_exit(files)
-        st = AppStatus(name=name, state="unknown", created_at=created, started_at=started,
-                       log_path=files.log_path)
-        if code is not None:
-            st.state, st.exit_code = "exited", code
-            st.finished_at = _mtime(files.exit_file) or _mtime(os.path.join(files.state_dir, "exit"))
-            st.oom_killed = conmon.oom_killed(files)
-        elif conmon.conmon_pid(files) is not None:
-            st.state = "running" if started else "created"
-            st.pid = _read_int(files.pidfile)
-        return st
+        return conmon.app_status(name, files)
 
 
 def _reachable_rootfs(run_root: str, pod_id: str, app: str, rootfs: str, owner: tuple[int, int]) -> str:

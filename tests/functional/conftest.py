@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from support.cli import Pypod
-from support.leaks import Snapshot, leaked, pod_ids
+from support.leaks import Snapshot, collect_and_check
 
 
 def _runtimes() -> list[str]:
@@ -36,13 +35,4 @@ def pods(tmp_path: Path, subreaper, test_images) -> Pypod:
     p("fetch", f"oci:{test_images.busybox.oci_ref}", "--name", "busybox")
     p("fetch", f"oci:{test_images.configured.oci_ref}", "--name", "configured")
     yield p
-    for pod in p("list", "--format", "json", check=False).json() if p.data_dir.exists() else []:
-        if pod["state"] == "running":
-            p("stop", "--force", pod["uuid"], check=False)
-    gc = p("gc", "--grace-period", "0s", "--expire-prepared", "0s", check=False)
-    left = leaked(before, str(tmp_path), ids=pod_ids(p.data_dir) | {str(tmp_path)})
-    if left:
-        subprocess.run(["sh", "-c", f"grep {tmp_path} /proc/self/mountinfo | cut -d' ' -f5 | sort -r | "
-                        "xargs -r -n1 umount -l"], check=False)
-    assert gc.rc == 0, gc.err
-    assert not left, f"leaked: {left}"
+    collect_and_check(p, tmp_path, before)
