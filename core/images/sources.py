@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable
 
@@ -107,6 +108,7 @@ class _TarMembers:
 
     def __init__(self, path: Path, what: str):
         self.where = f"{what}:{path}"
+        self.lock = threading.Lock()  # members share one file: each read seeks it first
         try:
             self.tar = tarfile.open(path, "r:*")
             self.members = {os.path.normpath(m.name.lstrip("/")): m for m in self.tar.getmembers() if m.isreg()}
@@ -120,10 +122,30 @@ class _TarMembers:
         f = self.tar.extractfile(m) if m else None
         if f is None:
             raise ImageError(f"{self.where}: {name} is missing")
-        return f  # type: ignore[return-value]
+        return _Serialized(f, self.lock)  # type: ignore[return-value]
 
     def close(self) -> None:
         self.tar.close()
+
+
+class _Serialized:
+    """A member reader safe to use from several threads at once (layers are fetched in parallel)."""
+
+    def __init__(self, f: BinaryIO, lock: threading.Lock):
+        self.f, self.lock = f, lock
+
+    def read(self, n: int = -1) -> bytes:
+        with self.lock:
+            return self.f.read(n)
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> "_Serialized":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class TarLayout(Layout):
