@@ -452,3 +452,17 @@ def test_fly_pods_run_in_the_host_namespaces(pods: Pypod) -> None:
     assert r.rc == 2 and "fly" in r.err
     pods("stop", "--grace-period", "1s", uuid)
     assert app_of(status(pods, uuid), "busybox")["exit_code"] in (137, 143)
+
+
+def test_foreground_run_forwards_sigterm_to_the_pod(pods: Pypod, runtime: str) -> None:
+    cmd = [sys.executable, "-m", "pypod.cli", "--dir", str(pods.data_dir), "--config-dir", str(pods.config_dir),
+           "run", "--net=none", f"--runtime={runtime}", "busybox",
+           *sh("trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.1; done")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 7, err
+    assert "got-term" in out
+    (pod,) = pods("list", "--format", "json").json()
+    assert pod["state"] == "exited"
